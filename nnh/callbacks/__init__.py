@@ -1,0 +1,3 @@
+"""Callbacks: hooks into `NNHandler.train`."""
+
+__all__: list[str] = []

@@ -1,0 +1,168 @@
+"""Functional optimizer updates for SGD, Adam and AdamW over lists of tensors.
+
+`torch.optim.Optimizer.step` breaks a `torch.compile(fullgraph=True)` graph. These updates
+compute the same formulas as `torch.optim.SGD`, `Adam` and `AdamW` with `torch._foreach_*`
+kernels (one kernel per operation over all tensors of a parameter group), keep every
+step-dependent quantity on the device (no host sync), and trace into a full graph.
+
+The hyperparameters are read from a real `torch.optim` optimizer's `param_groups` (so an LR
+scheduler acting on that optimizer acts on these updates too), and the per-parameter state is
+kept in `optimizer.state[p]` in the layout `torch.optim` uses, so `optimizer.state_dict()`
+stays valid. Any other optimizer class is stepped through its own `step()`: correct, but a
+graph break under `torch.compile`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["has_functional_update", "init_optimizer_state", "optimizer_update"]
+
+
+def _kind(optimizer: torch.optim.Optimizer) -> str | None:
+    # Exact classes only: a subclass may override `step` with other maths.
+    cls = type(optimizer)
+    if cls is torch.optim.SGD:
+        return "sgd"
+    if cls is torch.optim.AdamW:
+        return "adamw"
+    if cls is torch.optim.Adam:
+        return "adam"
+    return None
+
+
+def has_functional_update(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` is updated by the graph-friendly foreach path (SGD, Adam, AdamW)."""
+    return _kind(optimizer) is not None and not any(
+        g.get("differentiable", False) or g.get("fused", False) for g in optimizer.param_groups
+    )
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the per-parameter state tensors of a fresh SGD/Adam/AdamW optimizer eagerly.
+
+    `torch.optim` creates them lazily at the first `step`; creating them up front gives the
+    train state fixed tensors to reference and keeps the first compiled step free of Python
+    dict mutation. Adam's state is exactly what its first step would create (zeros, step 0).
+    SGD's momentum buffer starts at zero and the update treats step 0 as torch does
+    (buffer <- grad). Optimizers of other classes are left alone.
+    """
+    kind = _kind(optimizer)
+    if kind is None:
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state[p]
+            if st:
+                continue
+            if kind == "sgd":
+                if group["momentum"] != 0:
+                    st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                continue
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer, step: Tensor) -> None:
+    """Apply one update to the parameters of `optimizer` from their `.grad`, in place.
+
+    Args:
+        optimizer: the optimizer whose `param_groups` give parameters and hyperparameters.
+        step: int64 scalar tensor, the number of updates applied before this one (used by
+            SGD to treat its first momentum step as torch does).
+
+    SGD/Adam/AdamW use the foreach updates below; other classes call `optimizer.step()`.
+    Parameters whose `.grad` is None are left untouched, as `torch.optim` does.
+    """
+    kind = _kind(optimizer)
+    if kind is None or not has_functional_update(optimizer):
+        optimizer.step()
+        return
+    update = _UPDATES[kind]
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if params:
+            update(optimizer, group, params, step)
+
+
+def _signed_grads(group: dict, params: list[Tensor]) -> list[Tensor]:
+    grads = [p.grad for p in params]
+    return torch._foreach_neg(grads) if group.get("maximize", False) else grads
+
+
+@torch.no_grad()
+def _sgd(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor) -> None:
+    """SGD: g <- g + wd * p; b <- g at step 0 else momentum * b + (1 - dampening) * g;
+    d <- g + momentum * b (Nesterov) or b; p <- p - lr * d."""
+    lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+    grads = _signed_grads(group, params)
+    if wd != 0:
+        grads = torch._foreach_add(grads, params, alpha=wd)
+    if momentum != 0:
+        bufs = [optimizer.state[p]["momentum_buffer"] for p in params]
+        started = (step > 0).to(params[0].dtype)
+        # At step 0 torch sets the buffer to the gradient itself: momentum * 0-buffer would
+        # give the same only without dampening, so both factors switch on `started`.
+        torch._foreach_mul_(bufs, started * momentum)
+        torch._foreach_add_(bufs, torch._foreach_mul(grads, 1 - started * group["dampening"]))
+        if group["nesterov"]:
+            grads = torch._foreach_add(grads, bufs, alpha=momentum)
+        else:
+            grads = bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+
+
+@torch.no_grad()
+def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor, decoupled: bool = False) -> None:
+    """Adam / AdamW with bias correction:
+    m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;
+    p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+    Adam adds wd * p to g; AdamW (decoupled) scales p by (1 - lr * wd) first."""
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
+    decoupled = decoupled or group.get("decoupled_weight_decay", False)
+    states = [optimizer.state[p] for p in params]
+    steps = [s["step"] for s in states]
+    exp_avgs = [s["exp_avg"] for s in states]
+    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    grads = _signed_grads(group, params)
+
+    torch._foreach_add_(steps, 1)
+    if wd != 0:
+        if decoupled:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+
+    # Every parameter of a group has taken the same number of steps: one scalar serves all.
+    t = steps[0]
+    bias_correction1 = 1 - torch.pow(beta1, t)
+    bias_correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, t))
+    neg_step_size = -lr / bias_correction1
+    if group["amsgrad"]:
+        max_sqs = [s["max_exp_avg_sq"] for s in states]
+        torch._foreach_maximum_(max_sqs, exp_avg_sqs)
+        denom = torch._foreach_sqrt(max_sqs)
+    else:
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_div_(denom, neg_step_size)
+    torch._foreach_addcdiv_(params, exp_avgs, denom)
+
+
+def _adamw(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor) -> None:
+    _adam(optimizer, group, params, step, decoupled=True)
+
+
+_UPDATES: dict[str, Callable[..., None]] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+

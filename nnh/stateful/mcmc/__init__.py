@@ -1,0 +1,3 @@
+"""MCMC samplers, energy models, schedulers and contrastive divergence."""
+
+__all__: list[str] = []
