@@ -27,7 +27,11 @@ __all__ = [
 from nnh.func.checkpoint import (  # noqa: E402
     FORMAT_VERSION,
     CheckpointError,
+    Unrecorded,
     atomic_save,
+    decode_value,
+    encode_value,
+    find_unrecorded,
     import_object,
     import_path,
     load_state_from_dict,
@@ -38,7 +42,11 @@ from nnh.func.checkpoint import (  # noqa: E402
 __all__ += [
     "FORMAT_VERSION",
     "CheckpointError",
+    "Unrecorded",
     "atomic_save",
+    "decode_value",
+    "encode_value",
+    "find_unrecorded",
     "import_object",
     "import_path",
     "load_state_from_dict",

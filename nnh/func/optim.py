@@ -89,6 +89,10 @@ def optimizer_update(optimizer: torch.optim.Optimizer, step: Tensor) -> None:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
             update(optimizer, group, params, step)
+    if not torch.compiler.is_compiling():
+        # LR schedulers check this flag (set by `Optimizer.step`) to warn about calls made
+        # before any update; the foreach path is an update too.
+        optimizer._opt_called = True  # type: ignore[attr-defined]
 
 
 def _signed_grads(group: dict, params: list[Tensor]) -> list[Tensor]:

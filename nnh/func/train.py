@@ -134,6 +134,7 @@ def train_step(
     module: nn.Module,
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
+    forward: Callable[..., Any] | None = None,
     micro_batch: int = 0,
     update: bool = True,
     amp_dtype: torch.dtype | None = None,
@@ -167,6 +168,8 @@ def train_step(
         loss_fn: `loss_fn(model, batch) -> loss | (loss, aux)`.
         optimizer: a `torch.optim` optimizer over `module`'s parameters. SGD, Adam and AdamW
             are applied by `nnh.func.optim`'s foreach updates; others by their `step()`.
+        forward: the callable the eager forward runs (default `module`), e.g. a
+            `torch.compile`d module sharing `module`'s parameters.
         micro_batch: index of this micro-batch in its accumulation window.
         update: whether this micro-batch closes the window.
         amp_dtype: `torch.bfloat16` or `torch.float16` to run the forward under autocast;
@@ -220,7 +223,7 @@ def train_step(
             g = grads[name]
             p.grad = g if p.grad is None else p.grad + g
     else:
-        scaled, (loss, aux) = scaled_loss(module)
+        scaled, (loss, aux) = scaled_loss(forward if forward is not None else module)
         scaled.backward()
 
     metrics = {"loss": loss}
