@@ -212,6 +212,8 @@ def _run_epoch(handler: "NNHandler", epoch: int, final_epoch: int, validate_ever
             break
 
     logs: dict[str, Any] = {"epoch": epoch, "loss": loss_mean.result()}
+    if progress_bar:
+        bar.set_postfix(loss=f"{logs['loss']:.4g}")
     for name, mean in metric_means.items():
         logs[name] = mean.result()
     val_logs: dict[str, float] = {"val_loss": math.nan, **{f"val_{name}": math.nan for name in handler.metrics}}
