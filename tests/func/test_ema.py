@@ -1,0 +1,37 @@
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from nnh.func import ema_source, ema_update, init_ema
+
+
+def test_ema_update_matches_hand_computed_average():
+    torch.manual_seed(0)
+    ema = TensorDict({"a": torch.randn(3, 4), "b": torch.randn(5)}, batch_size=[])
+    start = ema.clone()
+    ps = [TensorDict({"a": torch.randn(3, 4), "b": torch.randn(5)}, batch_size=[]) for _ in range(3)]
+    d = 0.9
+    for p in ps:
+        out = ema_update(ema, p, d)
+        assert out is ema  # in place
+    for k in ("a", "b"):
+        expected = start[k]
+        for p in ps:
+            expected = d * expected + (1 - d) * p[k]
+        torch.testing.assert_close(ema[k], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_ema_tracks_floating_buffers_not_integer_ones():
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    keys = set(ema_source(m).keys())
+    assert {"1.running_mean", "1.running_var", "0.weight"} <= keys
+    assert "1.num_batches_tracked" not in keys
+    ema = init_ema(m)
+    assert ema["0.weight"] is not m[0].weight and torch.equal(ema["0.weight"], m[0].weight)
+
+
+def test_ema_update_rejects_bad_decay():
+    td = TensorDict({"a": torch.zeros(2)}, batch_size=[])
+    with pytest.raises(ValueError, match="decay=1.5"):
+        ema_update(td, td.clone(), 1.5)

@@ -1,0 +1,178 @@
+import pytest
+import torch
+from torch import nn
+
+from nnh.func import (
+    batch_size_of,
+    clip_grad_norm,
+    init_train_state,
+    load_state_from_dict,
+    state_to_dict,
+    train_step,
+)
+
+
+def _net(seed=0, d_in=5, d_out=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 16), nn.Tanh(), nn.Linear(16, d_out))
+
+
+def _loss(model, batch):
+    out = model(batch[0])
+    return nn.functional.cross_entropy(out, batch[1]), out
+
+
+def _data(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _params(m):
+    return [p.detach().clone() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("sizes", [(8, 8, 8, 8), (10, 3, 7)])
+def test_accumulated_micro_batches_equal_one_step_on_concatenation(sizes):
+    x, y = _data(sum(sizes))
+    whole, acc = _net(), _net()
+    o1, o2 = torch.optim.SGD(whole.parameters(), lr=0.5), torch.optim.SGD(acc.parameters(), lr=0.5)
+    s1, s2 = init_train_state(whole, o1), init_train_state(acc, o2)
+    train_step(s1, (x, y), module=whole, loss_fn=_loss, optimizer=o1)
+    start = 0
+    for i, n in enumerate(sizes):
+        b = (x[start:start + n], y[start:start + n])
+        start += n
+        _, m = train_step(s2, b, module=acc, loss_fn=_loss, optimizer=o2, micro_batch=i,
+                          update=i == len(sizes) - 1)
+        assert bool(m["stepped"]) == (i == len(sizes) - 1)
+    before = _params(_net())
+    for a, b, p0 in zip(whole.parameters(), acc.parameters(), before):
+        assert not torch.equal(a, p0)  # the step moved the weights
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert int(s2["step"]) == 1
+
+
+def test_clipping_bounds_the_global_gradient_norm():
+    x, y = _data(32)
+    m = _net()
+    x = x * 100  # large gradients
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    s = init_train_state(m, opt)
+    before = _params(m)
+    _, metrics = train_step(s, (x, y), module=m, loss_fn=_loss, optimizer=opt, max_grad_norm=0.5)
+    # With plain SGD and lr=1 the update is minus the clipped gradient.
+    delta = torch.cat([(p0 - p.detach()).flatten() for p0, p in zip(before, m.parameters())])
+    assert float(metrics["grad_norm"]) > 0.5
+    assert float(delta.norm()) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_clip_grad_norm_leaves_small_gradients_alone():
+    g = [torch.tensor([0.3, 0.4])]
+    norm = clip_grad_norm(g, 1.0)
+    assert float(norm) == pytest.approx(0.5)
+    torch.testing.assert_close(g[0], torch.tensor([0.3, 0.4]))
+
+
+def test_bf16_autocast_trains_and_lowers_the_loss():
+    x, _ = _data(256)
+    y = x[:, :3].argmax(dim=1)  # a learnable rule
+    m = _net()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    s = init_train_state(m, opt)
+    losses = []
+    for _ in range(60):
+        _, metrics = train_step(s, (x, y), module=m, loss_fn=_loss, optimizer=opt, amp_dtype=torch.bfloat16)
+        losses.append(float(metrics["loss"]))
+    assert metrics["output"].dtype == torch.bfloat16  # the forward really ran in bf16
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_fp16_scaler_skips_overflowing_steps_and_backs_off():
+    x, y = _data(16)
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    s = init_train_state(m, opt, grad_scaler=True, init_scale=2.0**16)
+    _, metrics = train_step(s, (x, y), module=m, loss_fn=_loss, optimizer=opt, amp_dtype=torch.float16)
+    assert bool(metrics["stepped"]) and float(s["scaler", "scale"]) == 2.0**16
+    before = _params(m)
+
+    def exploding(model, batch):
+        loss, out = _loss(model, batch)
+        return loss * torch.tensor(float("inf")), out
+
+    _, metrics = train_step(s, (x, y), module=m, loss_fn=exploding, optimizer=opt, amp_dtype=torch.float16)
+    assert not bool(metrics["stepped"])
+    assert float(s["scaler", "scale"]) == 2.0**15
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert int(s["step"]) == 1
+
+
+def test_fp16_without_scaler_is_refused():
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="grad_scaler=True"):
+        train_step(init_train_state(m, opt), _data(4), module=m, loss_fn=_loss, optimizer=opt,
+                   amp_dtype=torch.float16)
+
+
+def test_skip_nonfinite_drops_the_step_and_zeroes_gradients():
+    m = _net()
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    s = init_train_state(m, opt)
+    before = _params(m)
+
+    def nan_loss(model, batch):
+        return _loss(model, batch)[0] * float("nan")
+
+    _, metrics = train_step(s, _data(8), module=m, loss_fn=nan_loss, optimizer=opt, skip_nonfinite=True)
+    assert bool(metrics["nonfinite"]) and not bool(metrics["stepped"])
+    assert all(p.grad is None for p in m.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_ema_in_train_step_equals_hand_computed_average():
+    x, y = _data(16)
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.3)
+    s = init_train_state(m, opt, ema=True)
+    expected = _params(m)
+    d = 0.8
+    for _ in range(4):
+        train_step(s, (x, y), module=m, loss_fn=_loss, optimizer=opt, ema_decay=d)
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, m.parameters())]
+    for (name, _), e in zip(m.named_parameters(), expected):
+        torch.testing.assert_close(s["ema", name], e, rtol=1e-6, atol=1e-7)
+
+
+def test_state_round_trips_through_plain_dicts(tmp_path):
+    m = _net()
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    s = init_train_state(m, opt, ema=True)
+    train_step(s, _data(8), module=m, loss_fn=_loss, optimizer=opt, ema_decay=0.9)
+    torch.save(state_to_dict(s), tmp_path / "s.pt")
+    saved = torch.load(tmp_path / "s.pt", weights_only=True)
+    m2 = _net(seed=5)
+    opt2 = torch.optim.Adam(m2.parameters(), lr=0.1)
+    s2 = init_train_state(m2, opt2, ema=True)
+    load_state_from_dict(s2, saved)
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)  # the module sees the loaded values (in-place copy)
+    assert torch.equal(opt.state[next(m.parameters())]["exp_avg"], opt2.state[next(m2.parameters())]["exp_avg"])
+    assert int(s2["step"]) == 1
+    del saved["ema"]
+    with pytest.raises(Exception, match="missing keys \\['ema"):
+        load_state_from_dict(s2, saved)
+
+
+def test_batch_size_of():
+    assert batch_size_of(torch.zeros(7, 2)) == 7
+    assert batch_size_of((torch.zeros(3), torch.zeros(3))) == 3
+    assert batch_size_of({"x": torch.zeros(4, 1)}) == 4
+    with pytest.raises(ValueError, match="found no tensor"):
+        batch_size_of(("a", "b"))
+
+
+def test_init_train_state_rejects_optimizer_of_another_model():
+    m, other = _net(), _net()
+    with pytest.raises(ValueError, match="module.parameters"):
+        init_train_state(m, torch.optim.SGD(other.parameters(), lr=0.1))
