@@ -54,6 +54,9 @@ class NNHandler(PersistenceMixin):
                 "nnh release; run without use_distributed (one process)."
             )
         self._device = torch.device(device)
+        # One process: rank 0 of a world of 1 (the distributed issue extends this).
+        self._rank = 0
+        self._world_size = 1
         self._logger = make_logger(logger_mode, logger_filename, logger_level)
         self._seed: int | None = None
         self._model: nn.Module | None = None
@@ -377,8 +380,10 @@ class NNHandler(PersistenceMixin):
         """`N` samples from the custom sampler, on `device` (default: the handler's)."""
         if self._sampler is None:
             raise RuntimeError("get_samples needs a sampler; call handler.set_sampler(...) first.")
-        if not isinstance(N, int) or N <= 0:
+        if not isinstance(N, int) or isinstance(N, bool) or N <= 0:
             raise ValueError(f"get_samples: N={N!r} must be a positive int.")
+        if self._rank != 0:
+            return None  # sampling runs on rank 0 only
         return self._sampler.sample(N, torch.device(device) if device is not None else self._device)
 
     def sample(self, *args: Any, N: int | None = None, **kwargs: Any) -> Any:

@@ -1,0 +1,39 @@
+import pathlib
+import re
+
+import pytest
+import torch
+
+from nnh import NNHandler
+from nnh._demo import SpiralClassifier, main, run_demo
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_demo_trains_and_writes_plots_and_checkpoint(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "30"]) == 0
+    printed = capsys.readouterr().out
+    values = dict(re.findall(r"^(\w+): ([0-9.]+)$", printed, re.M))
+    assert float(values["val_accuracy"]) > 0.9 and float(values["val_loss"]) < 0.4
+    for name in ("loss.png", "metric_accuracy.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    loaded = NNHandler.load(tmp_path / "checkpoint.pth")  # everything in it is importable
+    assert isinstance(loaded.module, SpiralClassifier) and loaded.epoch == 30
+    assert loaded.val_metrics_history["accuracy"][-1] == pytest.approx(float(values["val_accuracy"]), abs=1e-4)
+
+
+def test_demo_rejects_zero_epochs():
+    with pytest.raises(SystemExit):
+        main(["demo", "--epochs", "0"])
+
+
+def test_readme_quick_start_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Quick start\n\n```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {"__name__": "__main__"}
+    with pytest.warns(UserWarning, match="model_class"):
+        exec(compile(code, "README.md", "exec"), ns)
+    handler = ns["handler"]
+    assert handler.epoch == 5 and len(handler.val_metrics_history["accuracy"]) == 5
+    assert (tmp_path / "net.pth").exists()
