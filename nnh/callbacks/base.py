@@ -1,0 +1,133 @@
+"""The `Callback` base class: hooks that `NNHandler.train` calls, state that checkpoints keep."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+__all__ = ["Callback"]
+
+_log = logging.getLogger("nnh.callbacks")
+
+
+def _plain(value: Any) -> Any:
+    # Checkpoints store constructor arguments as plain values; a path object is kept as its str.
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+class Callback:
+    """Base class of every callback; each hook does nothing unless a subclass overrides it.
+
+    `NNHandler.train` calls the hooks in this order (`epoch` is the 0-based global epoch,
+    `batch` the 0-based index within the epoch; callbacks run in the order they were added)::
+
+        on_train_begin({"epochs", "start_epoch"})
+        for epoch in ...:
+            on_epoch_begin(epoch, {})
+            for batch in train data:
+                on_train_batch_begin(batch, {"size"})
+                on_train_batch_end(batch, {"loss", "size"})      # loss: 0-d detached tensor
+            if validating this epoch:
+                on_val_begin({})
+                for batch in validation data:
+                    on_val_batch_begin(batch, {"size"})
+                    on_val_batch_end(batch, {"val_loss", "size"})
+                on_val_end({"val_loss", "val_<metric>", ...})
+            on_epoch_end(epoch, logs)   # epoch, loss, val_loss, <metric>, val_<metric>, lr
+        on_train_end(last epoch's logs)
+
+    The epoch-end `logs` dict is the same object for every callback, so a callback may add
+    keys that later callbacks and the history see; it lists them in `log_keys` so that
+    `NNHandler.auto_save` accepts names that use them. A callback stops training by setting
+    ``self.handler.stop_training = True``. An exception raised in a hook propagates out of
+    `train`.
+
+    Attributes:
+        handler: the `NNHandler` this callback was added to (`set_handler`), None before.
+        init_args, init_kwargs: the arguments the callback was constructed with. A handler
+            checkpoint stores them with the class's import path and `state_dict()`, and
+            `NNHandler.load` rebuilds the callback from them, so constructor arguments must be
+            plain values (numbers, strings, bools, None, lists/dicts of them); path objects
+            are recorded as strings.
+    """
+
+    log_keys: tuple[str, ...] = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Callback":
+        # Recorded here rather than in __init__ so that a subclass need not call super().__init__.
+        obj = super().__new__(cls)
+        obj._nnh_init_args = tuple(_plain(a) for a in args)
+        obj._nnh_init_kwargs = {k: _plain(v) for k, v in kwargs.items()}
+        obj.handler = None
+        return obj
+
+    @property
+    def init_args(self) -> tuple:
+        """Positional constructor arguments, as recorded by `__new__`."""
+        return getattr(self, "_nnh_init_args", ())
+
+    @property
+    def init_kwargs(self) -> dict[str, Any]:
+        """Keyword constructor arguments, as recorded by `__new__`."""
+        return getattr(self, "_nnh_init_kwargs", {})
+
+    def set_handler(self, handler: Any) -> None:
+        """Attach to `handler`; `NNHandler.add_callback` calls this."""
+        self.handler = handler
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The callback's state: tensors and plain Python values only (a checkpoint is read with
+        ``torch.load(weights_only=True)``). The base class has none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned. A subclass with state overrides both."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: got state with keys {sorted(state)}, but the "
+                "class keeps no state; override load_state_dict next to state_dict."
+            )
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """Start of `train`; logs: ``{"epochs": epochs of this call, "start_epoch": first epoch}``."""
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        """End of `train`; logs: the last epoch's logs."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Start of epoch `epoch` (0-based, counting across `train` calls); logs: ``{}``."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """End of epoch `epoch`; logs: epoch, loss, val_loss (NaN without validation), metrics,
+        val_metrics, lr, and whatever earlier callbacks added."""
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Before training batch `batch` (0-based within the epoch); logs: ``{"size": n}``."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """After training batch `batch`; logs: ``{"loss": 0-d detached tensor, "size": n}``.
+        Reading the loss (``float(loss)``) waits for the device; avoid it on every batch."""
+
+    def on_val_begin(self, logs: dict[str, Any]) -> None:
+        """Start of validation; logs: ``{}``."""
+
+    def on_val_end(self, logs: dict[str, Any]) -> None:
+        """End of validation; logs: ``{"val_loss": float, "val_<metric>": float, ...}``."""
+
+    def on_val_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Before validation batch `batch`; logs: ``{"size": n}``."""
+
+    def on_val_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """After validation batch `batch`; logs: ``{"val_loss": 0-d tensor, "size": n}``."""
+
+    # ------------------------------------------------------------------ helpers
+    def _info(self, msg: str) -> None:
+        # The handler's logger when it has one, else the "nnh.callbacks" logger; never print.
+        (getattr(self.handler, "logger", None) or _log).info(msg)
+
+    def __repr__(self) -> str:
+        args = [repr(a) for a in self.init_args] + [f"{k}={v!r}" for k, v in self.init_kwargs.items()]
+        return f"{type(self).__name__}({', '.join(args)})"
