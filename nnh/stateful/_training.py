@@ -233,6 +233,8 @@ def _run_epoch(handler: "NNHandler", epoch: int, final_epoch: int, validate_ever
         f"Epoch {epoch + 1}/{final_epoch}: loss {logs['loss']:.6g}, val_loss {logs['val_loss']:.6g}"
         + "".join(f", {k} {logs[k]:.6g}" for k in handler.metrics)
     )
+    # Counted before the hook, so a checkpoint a callback writes here resumes after this epoch.
+    handler._epoch = epoch + 1
     _dispatch(handler, "on_epoch_end", epoch, logs)
     return logs
 

@@ -9,7 +9,6 @@ DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "callbacks.md"
 
 
 def test_docs_examples_run(tmp_path, monkeypatch):
-    pytest.importorskip("nnh.stateful.handler")
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     assert len(blocks) >= 7

@@ -88,10 +88,6 @@ def test_model_checkpoint_full_checkpoints_load_as_handlers(tmp_path):
     assert restored.best == min(h.val_losses) and restored.best_path == str(tmp_path / names[-1])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handler.save called from on_epoch_end records the epoch counter before it is advanced: the "
-    "file holds epoch e's weights and history but epoch == e, so a resumed run repeats epoch e. "
-    "NNHandler.train should advance the counter before on_epoch_end; remove this mark then."))
 def test_a_model_checkpoint_file_resumes_after_its_epoch(tmp_path):
     h = _handler()
     h.add_callback(ModelCheckpoint(str(tmp_path / "last.pth"), save_best_only=False))

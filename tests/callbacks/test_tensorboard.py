@@ -58,7 +58,6 @@ def test_without_tensorboard_the_error_says_how_to_install(monkeypatch, tmp_path
 
 
 def test_real_event_files(handler, tmp_path):
-    pytest.importorskip("tensorboard")
     handler.add_callback(TensorBoardLogger(tmp_path / "runs"))
     handler.fake_train([{"loss": 1.0, "val_loss": 0.5}])
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "runs").iterdir())
