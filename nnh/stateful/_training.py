@@ -217,7 +217,7 @@ def _run_epoch(handler: "NNHandler", epoch: int, final_epoch: int, validate_ever
     for name, mean in metric_means.items():
         logs[name] = mean.result()
     val_logs: dict[str, float] = {"val_loss": math.nan, **{f"val_{name}": math.nan for name in handler.metrics}}
-    if validating and not handler._preempted:
+    if validating:  # a preemption in the last batch still completes its epoch
         val_bar = bar if joint_bar else tqdm(total=n_val, desc=f"Validation {epoch + 1}", disable=not progress_bar,
                                              leave=False, dynamic_ncols=True)
         val_logs = validate(handler, compute_loss, amp_dtype, apply_ema=ema_decay > 0 or handler._has_ema(), bar=val_bar)
