@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import enum
 import pickle
-import tempfile
+import secrets
 import zipfile
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDict
 
@@ -89,14 +91,16 @@ def _copy_into(state: TensorDict, data: dict, prefix: str, missing: list, unexpe
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save(obj)` to `path` atomically.
 
-    The bytes go to a temporary file in the same folder, which is flushed and fsynced and
-    then renamed over `path` (an atomic replace on POSIX and Windows). A process killed at
-    any point leaves either the previous file or the new one, never a torn file.
+    The bytes go to a temporary file in the same folder (``.<name>.<random>.tmp``), which is
+    flushed and fsynced and then renamed over `path` (an atomic replace on POSIX and
+    Windows). A process killed at any point leaves either the previous file or the new one,
+    never a torn file; a kill before the rename may leave the hidden temporary file behind.
+    The file gets the permissions a plain `open(path, "wb")` would give (the umask applies).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -110,6 +114,20 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             pass
         raise
     _fsync_dir(folder)
+
+
+def _create_temp(folder: str, name: str) -> tuple[int, str]:
+    # Not tempfile.mkstemp: it creates mode 0600 files, and the rename would carry that mode
+    # to the checkpoint, unreadable by the group on a shared cluster. Mode 0666 goes through
+    # the umask as for any new file; O_EXCL keeps the name private to this writer.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"atomic_save: could not create a temporary file next to {name!r} in {folder!r}.")
 
 
 def _fsync_dir(folder: str) -> None:
@@ -140,8 +158,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
         raise CheckpointError(f"The checkpoint {path!r} is empty (0 bytes); it was never written "
                               "completely. Load an earlier checkpoint.")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path!r} is not a torch checkpoint (no zip archive: truncated, "
-                              "or a file of another format).")
+        raise CheckpointError(f"{path!r} is not a torch checkpoint: it is no zip archive (truncated, a file "
+                              "of another format, or torch.save's legacy format, which nnh does not read).")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -158,14 +176,19 @@ def import_path(obj: Any) -> str | None:
     """``"module:QualName"`` for a class or function that can be imported again, else None
     (lambdas, local objects, anything defined in ``__main__`` or a notebook)."""
     module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<" in qualname:
+    if not module or module == "__main__":
         return None
-    try:
-        found = import_object(f"{module}:{qualname}")
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return f"{module}:{qualname}" if found is obj else None
+    # Builtins such as torch.relu have a qualname ("_VariableFunctionsClass.relu") that is not
+    # importable, while their plain name is: try both.
+    for name in dict.fromkeys((getattr(obj, "__qualname__", None), getattr(obj, "__name__", None))):
+        if not isinstance(name, str) or "<" in name:
+            continue
+        try:
+            if import_object(f"{module}:{name}") is obj:
+                return f"{module}:{name}"
+        except (ImportError, AttributeError, ValueError):
+            continue
+    return None
 
 
 def import_object(path: str) -> Any:
@@ -197,8 +220,10 @@ def encode_value(value: Any, slot: str, bindings: dict[int, str] | None = None,
                  unrecorded: list[tuple[str, str]] | None = None) -> Any:
     """Encode `value` as tensors and plain values that `torch.load(weights_only=True)` reads.
 
-    - None, bool, int, float, str and tensors stay as they are; lists, tuples and dicts with
-      string keys are encoded item by item; dtypes and devices become tagged strings.
+    - None, bool, int, float, str and tensors stay as they are (subclasses and NumPy scalars
+      become the plain type); lists, tuples and dicts with string keys are encoded item by
+      item; dtypes and devices become tagged strings; members of importable Enums become
+      their class path and name.
     - An object whose identity is in `bindings` becomes a reference by name (e.g. the
       handler's own module, bound again to the loaded handler's module).
     - Importable classes and functions become ``{"__nnh__": "import", "path": ...}``.
@@ -211,8 +236,22 @@ def encode_value(value: Any, slot: str, bindings: dict[int, str] | None = None,
     bindings = bindings or {}
     if unrecorded is None:
         unrecorded = []
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
         return value
+    if isinstance(value, enum.Enum):
+        path = import_path(type(value))
+        if path is not None:
+            return {_TAG: "enum", "path": path, "name": value.name}
+    elif isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    elif isinstance(value, (int, np.integer)):
+        # Subclasses and NumPy scalars would be pickled by class, and a weights_only load
+        # refuses them: store the plain value.
+        return int(value)
+    elif isinstance(value, (float, np.floating)):
+        return float(value)
+    elif isinstance(value, str):
+        return str.__str__(value)
     if id(value) in bindings:
         return {_TAG: "bound", "name": bindings[id(value)]}
     if isinstance(value, torch.dtype):
@@ -267,6 +306,8 @@ def decode_value(data: Any, bindings: dict[str, Any] | None = None, provided: di
         return bindings[data["name"]]
     if tag == "import":
         return import_object(data["path"])
+    if tag == "enum":
+        return import_object(data["path"])[data["name"]]
     if tag == "object":
         cls = import_object(data["path"])
         obj = cls(*decode_value(data["args"], bindings, provided), **decode_value(data["kwargs"], bindings, provided))

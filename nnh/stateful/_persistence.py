@@ -1,16 +1,12 @@
-"""Saving and loading a whole `NNHandler`, the AutoSaver, and preemption saves."""
+"""Saving and loading a whole `NNHandler` (the AutoSaver and preemption: `_autosave.py`)."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import random
-import signal
-import string
-import threading
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +24,16 @@ from nnh.func.checkpoint import (
 )
 from nnh.func.ema import init_ema
 from nnh.func.train import init_train_state
+from nnh.stateful._autosave import AutoSaveMixin
 from nnh.stateful.sampler import call_sampler_load
 
 _MAGIC = "nnh-checkpoint"
-_PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-class PersistenceMixin:
-    """`save`, `load`, `initialize_from_checkpoint`, `auto_save` and preemption handling."""
+class PersistenceMixin(AutoSaveMixin):
+    """`save`, `load` and `initialize_from_checkpoint`; `auto_save` and preemption come from
+    `AutoSaveMixin`, whose state `_init_persistence` sets up as well."""
 
     def _init_persistence(self) -> None:
         self._auto = {"interval": None, "save_path": ".", "name": "model_epoch{epoch:02d}", "overwrite": False}
@@ -46,107 +44,6 @@ class PersistenceMixin:
         self._resume: dict[str, Any] | None = None  # mid-epoch point read from a checkpoint
         self._mid_epoch: dict[str, Any] | None = None  # mid-epoch point to write on preemption
         self._epoch_rng: dict[str, Any] | None = None
-
-    # ------------------------------------------------------------------ AutoSaver
-    def auto_save(self, interval: int | None, save_path: str = ".", name: str = "model_epoch{epoch:02d}",
-                  overwrite: bool = False) -> None:
-        """Save the whole handler during `train`.
-
-        It saves at every 1-based epoch that is a multiple of `interval`, and at the last
-        epoch of each `train` call when `save_on_last_epoch` is set; `interval=-1` saves only
-        at the end; None turns auto-saving off. `name` is formatted with `epoch` (1-based)
-        and the epoch's logs (e.g. ``"ckpt_{epoch:03d}_{val_loss:.3f}"``); ``.pth`` is added
-        when missing. `overwrite=True` keeps only the latest auto-save (the previous file is
-        removed after the new one is safely written; the file the handler was loaded from
-        is never removed).
-        """
-        if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool)
-                                     or interval == 0 or interval < -1):
-            raise ValueError(f"auto_save: interval={interval!r} must be a positive int, -1 (only at the end) or None (off).")
-        self._check_name_keys(name)
-        self._auto = {"interval": interval, "save_path": os.fspath(save_path), "name": name, "overwrite": bool(overwrite)}
-
-    def _log_keys(self) -> set[str]:
-        keys = {"epoch", "loss", "val_loss", "lr"}
-        for metric in self._metrics:
-            keys |= {metric, f"val_{metric}"}
-        for cb in self._callbacks:
-            keys |= set(getattr(cb, "log_keys", ()))
-        return keys
-
-    def _check_name_keys(self, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"auto_save: name={name!r} must be a non-empty format string.")
-        try:
-            fields = {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(name) if f}
-        except ValueError as exc:
-            raise ValueError(f"auto_save: name={name!r} is not a valid format string ({exc}).") from None
-        unknown = sorted(fields - self._log_keys())
-        if unknown:
-            raise ValueError(
-                f"auto_save: name={name!r} uses {unknown}, which the epoch logs will never hold; "
-                f"available keys: {sorted(self._log_keys())} (add metrics before calling auto_save)."
-            )
-
-    save_interval = property(lambda self: self._auto["interval"],
-                             lambda self, v: self.auto_save(v, self._auto["save_path"], self._auto["name"], self._auto["overwrite"]))
-    save_path = property(lambda self: self._auto["save_path"],
-                         lambda self, v: self._auto.__setitem__("save_path", os.fspath(v)))
-    save_model_name = property(lambda self: self._auto["name"],
-                               lambda self, v: (self._check_name_keys(v), self._auto.__setitem__("name", v)))
-    overwrite_last_saved = property(lambda self: self._auto["overwrite"],
-                                    lambda self, v: self._auto.__setitem__("overwrite", bool(v)))
-
-    def _after_epoch(self, epoch: int, logs: dict, last: bool, save_on_last_epoch: bool) -> None:
-        if self._preempted:
-            self.save(self._preemption_target())
-            self._info(f"Preemption signal received: saved {self._preemption_target()} and stopped.")
-            return
-        interval = self._auto["interval"]
-        if interval is None:
-            return
-        due = (interval > 0 and (epoch + 1) % interval == 0) or (last and (save_on_last_epoch or interval == -1))
-        if not due:
-            return
-        filename = self._auto["name"].format(**{**logs, "epoch": epoch + 1})
-        if not filename.endswith(".pth"):
-            filename += ".pth"
-        path = os.path.join(self._auto["save_path"], filename)
-        self.save(path)
-        previous = self._last_auto_saved
-        if (self._auto["overwrite"] and previous and os.path.abspath(previous) != os.path.abspath(path)
-                and not (self._loaded_from and os.path.abspath(previous) == os.path.abspath(self._loaded_from))
-                and os.path.exists(previous)):
-            os.remove(previous)
-        self._last_auto_saved = path
-
-    # ------------------------------------------------------------------ preemption
-    def set_preemption_checkpoint(self, path: str | None) -> None:
-        """Where `train` saves when SIGTERM or SIGUSR1 arrives (default: `preempted.pth` in the
-        auto-save folder). On such a signal, training finishes the current optimizer step,
-        saves there, and `train` returns; `NNHandler.load` of that file resumes exactly,
-        in the middle of the epoch."""
-        self._preemption_path = None if path is None else os.fspath(path)
-
-    def _preemption_target(self) -> str:
-        return self._preemption_path or os.path.join(self._auto["save_path"], "preempted.pth")
-
-    @contextlib.contextmanager
-    def _preemption_guard(self) -> Iterator[None]:
-        self._preempted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-
-        def on_signal(signum: int, frame: Any) -> None:
-            self._preempted = True
-
-        previous = {s: signal.signal(s, on_signal) for s in _PREEMPTION_SIGNALS}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     # ------------------------------------------------------------------ save
     def _bindings(self) -> dict[int, str]:
@@ -196,12 +93,15 @@ class PersistenceMixin:
                         "val_metrics": {k: list(v) for k, v in self.val_metrics_history.items()}},
             "callbacks": [enc(cb, f"callbacks[{i}]") for i, cb in enumerate(self._callbacks)],
             "auto_saver": dict(self._auto),
+            "preemption_path": self._preemption_path,
             "sampler": None,
             "sde": enc(self._sde, "sde"),
             "seed": self._seed,
             "epoch": self._epoch,
             "device": str(self._device),
-            "loaders": {which: {"kwargs": enc(spec, f"{which}_loader_kwargs"),
+            # Loaders are set again after a load, never rebuilt from here: their kwargs are a
+            # record only, and a lambda collate_fn in them is no reason to warn.
+            "loaders": {which: {"kwargs": encode_value(spec, f"{which}_loader_kwargs", bind, []),
                                 "sampler_epoch": getattr(getattr(getattr(self, f"_{which}_loader"), "sampler", None), "epoch", None)}
                         for which, spec in self._loader_specs.items()},
             "rng": _rng_state(),
@@ -224,10 +124,11 @@ class PersistenceMixin:
                                "state": enc(self._sampler.save(), "sampler_state")}
         if unrecorded:
             listed = ", ".join(f"{slot} ({name})" for slot, name in unrecorded)
+            how = ", ".join(dict.fromkeys(_how_to_provide(slot) for slot, _ in unrecorded))
             warnings.warn(
                 f"NNHandler.save: {listed} cannot be imported again (a lambda, a local object, or "
                 "something defined in __main__); the checkpoint records it by name only, and "
-                "NNHandler.load will need it passed in, e.g. NNHandler.load(path, loss_fn=...).",
+                f"NNHandler.load will need it passed in: NNHandler.load(path, {how}).",
                 UserWarning, stacklevel=3,
             )
         return ckpt
@@ -254,56 +155,93 @@ class PersistenceMixin:
         """Rebuild a handler from a file written by `save`.
 
         Objects the checkpoint recorded by name only are passed in by keyword: `model_class`,
-        `loss_fn`, `optimizer_class`, `scheduler_class`, `sde`, `sampler` (an instance),
-        `metrics` ({name: fn}), `model_kwargs` / `sampler_kwargs` ({name: value} for single
-        constructor arguments), `callbacks` (a list, replacing the saved ones). Data loaders
-        are not part of a checkpoint: set them again with `set_train_loader`/`set_val_loader`.
-        With `strict_load=False`, missing or unexpected weight keys are listed in a warning;
-        weights of another shape always raise.
+        `loss_fn`, `optimizer_class`, `scheduler_class`, `sampler_class`, `sde`, `sampler` (a
+        ready instance), `metrics` ({name: fn}), `model_kwargs` / `optimizer_kwargs` /
+        `scheduler_kwargs` / `loss_fn_kwargs` / `sampler_kwargs` ({name: value}, replacing or
+        adding single constructor arguments), `callbacks` (a list, replacing the saved ones).
+        Whatever is missing is reported, naming the keyword, before anything is built.
+
+        With `strict_load=False`, missing or unexpected weight keys are listed in a warning
+        (and the optimizer state then needs `skip_optimizer=True`); weights of another shape,
+        or none that fit, always raise. `skip_optimizer` also skips the scheduler.
+
+        Data loaders are not part of a checkpoint: set them again with `set_train_loader` /
+        `set_val_loader`. Then `train(total - handler.epoch)` continues exactly, also from a
+        mid-epoch preemption checkpoint; passing `seed=` to it would restart the RNG streams.
         """
         path = os.fspath(path)
         ckpt = read_checkpoint(path, map_location="cpu")
         _check_header(ckpt, path)
         slots = _provided_slots(provided)
-        needs = []
+        needs: list = []
+        bindings: dict[str, Any] = {}
 
         def dec(value: Any) -> Any:
-            out = decode_value(value, {"handler.module": handler.module} if handler_ready else {}, slots)
+            out = decode_value(value, bindings, slots)
             needs.extend(find_unrecorded(out))
             return out
 
-        handler_ready = False
-        model_class = provided.get("model_class") or dec(ckpt["model"]["class"])
-        model_kwargs = dec(ckpt["model"]["kwargs"])
+        def dec_kwargs(value: Any, group: str) -> dict[str, Any]:
+            # A keyword passed in `<group>={name: value}` replaces the saved one whole (even
+            # when only an item inside it, a lambda in a list, could not be recorded) or adds it.
+            given = provided.get(group, {})
+            return {**{k: dec(v) for k, v in value.items() if k not in given}, **given}
+
+        def given_or_saved(name: str, saved: Any) -> Any:
+            return provided[name] if provided.get(name) is not None else dec(saved)
+
+        # Everything that names a class or function is resolved before anything is built, so
+        # a missing one is reported as such (naming what to pass), not as a confusing
+        # TypeError from the constructor it would have gone to.
+        model_class = given_or_saved("model_class", ckpt["model"]["class"])
+        model_kwargs = dec_kwargs(ckpt["model"]["kwargs"], "model_kwargs")
+        opt, sch, loss = ckpt["optimizer"], ckpt["scheduler"], ckpt["loss"]
+        use_opt = opt is not None and not skip_optimizer
+        use_sch = use_opt and sch is not None and not skip_scheduler
+        if use_opt:
+            opt_class, opt_kwargs = given_or_saved("optimizer_class", opt["class"]), dec_kwargs(opt["kwargs"], "optimizer_kwargs")
+        if use_sch:
+            sch_class = given_or_saved("scheduler_class", sch["class"])
+        if loss is not None:
+            loss_fn, loss_kwargs = given_or_saved("loss_fn", loss["fn"]), dec_kwargs(loss["kwargs"], "loss_fn_kwargs")
+        metrics = {name: provided.get("metrics", {}).get(name) or dec(fn) for name, fn in ckpt["metrics"].items()}
         _raise_missing(needs, path)
+
         if device is None:
             device = ckpt["device"] if (not ckpt["device"].startswith("cuda") or torch.cuda.is_available()) else "cpu"
         handler = cls(model_class, device=device, model_type=ckpt["model"]["type"],
                       save_model_code=ckpt["model"]["code"] is not None, **model_kwargs)
-        handler_ready = True
+        bindings["handler.module"] = handler.module
         handler._loaded_from = path
-        _load_weights(handler.module, ckpt["model_state_dict"], strict_load, path)
+        missing, unexpected = _load_weights(handler.module, ckpt["model_state_dict"], strict_load, path)
 
-        opt = ckpt["optimizer"]
-        if opt is not None and not skip_optimizer:
-            handler.set_optimizer(provided.get("optimizer_class") or dec(opt["class"]), **dec(opt["kwargs"]))
-            _raise_missing(needs, path)
+        if use_opt and (missing or unexpected):
+            # The optimizer state is matched to parameters by position: with other keys it
+            # would land on the wrong tensors, or not fit at all.
+            raise CheckpointError(
+                f"{path!r}: the model was loaded with missing keys {missing} and unexpected keys "
+                f"{unexpected}, so the saved optimizer state does not fit its parameters; pass "
+                "skip_optimizer=True (and set a new optimizer) to load the weights alone."
+            )
+        if use_opt:
+            handler.set_optimizer(opt_class, **opt_kwargs)
+            if use_sch:
+                # Kwargs that refer to the module (rare) are decoded now that it exists.
+                handler.set_scheduler(sch_class, interval=sch["interval"], **dec_kwargs(sch["kwargs"], "scheduler_kwargs"))
+                _raise_missing(needs, path)
+            # The states load after the scheduler is built: building one sets the optimizer's
+            # lr to its starting value (LinearLR, LambdaLR, OneCycleLR...), and the saved
+            # param_groups put the lr of the moment of saving back.
             handler.optimizer.load_state_dict(opt["state_dict"])
+            if use_sch:
+                handler.scheduler.load_state_dict(sch["state_dict"])
             # load_state_dict made new state tensors: rebuild the state's view of them.
             handler._state = init_train_state(handler.module, handler.optimizer)
-        sch = ckpt["scheduler"]
-        if sch is not None and not skip_scheduler and handler.optimizer is not None:
-            handler.set_scheduler(provided.get("scheduler_class") or dec(sch["class"]), interval=sch["interval"], **dec(sch["kwargs"]))
-            _raise_missing(needs, path)
-            handler.scheduler.load_state_dict(sch["state_dict"])
         _load_train_state(handler, ckpt["train_state"], skip_ema)
 
-        if ckpt["loss"] is not None:
-            loss_fn = provided.get("loss_fn") or dec(ckpt["loss"]["fn"])
-            handler.set_loss_fn(loss_fn, pass_epoch_to_loss=ckpt["loss"]["pass_epoch"], **dec(ckpt["loss"]["kwargs"]))
-        saved_metrics = {name: provided.get("metrics", {}).get(name) or dec(fn) for name, fn in ckpt["metrics"].items()}
-        _raise_missing(needs, path)
-        for name, fn in saved_metrics.items():
+        if loss is not None:
+            handler.set_loss_fn(loss_fn, pass_epoch_to_loss=loss["pass_epoch"], **loss_kwargs)
+        for name, fn in metrics.items():
             handler.add_metric(name, fn)
         if not skip_history:
             h = ckpt["history"]
@@ -319,10 +257,11 @@ class PersistenceMixin:
             for cb in callbacks:
                 handler.add_callback(cb)
         if not skip_sampler_sde:
-            handler._sde = provided.get("sde") or dec(ckpt["sde"])
-            _load_sampler(handler, ckpt["sampler"], provided, dec)
+            handler._sde = given_or_saved("sde", ckpt["sde"])
             _raise_missing(needs, path)
+            _load_sampler(handler, ckpt["sampler"], provided, dec, dec_kwargs, lambda: _raise_missing(needs, path))
         handler._auto = dict(ckpt["auto_saver"])
+        handler._preemption_path = ckpt.get("preemption_path")
         handler._seed = ckpt["seed"]
         handler._resume = ckpt.get("resume")
         _set_rng_state(ckpt["rng"])
@@ -342,12 +281,13 @@ class PersistenceMixin:
             model_type = model_type or ckpt["model"]["type"]
         elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             weights = ckpt
-        elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-            weights = ckpt["state_dict"]
+        elif isinstance(ckpt, dict) and any(isinstance(ckpt.get(k), dict) for k in _STATE_DICT_KEYS):
+            # Common layouts of hand-written checkpoints: {"state_dict": ...}, {"model": ...}.
+            weights = next(ckpt[k] for k in _STATE_DICT_KEYS if isinstance(ckpt.get(k), dict))
         else:
             raise CheckpointError(f"{path!r} holds neither an nnh checkpoint nor a state_dict of tensors.")
         handler = cls(model_class, device=device or "cpu", model_type=model_type or "classification", **model_kwargs)
-        _load_weights(handler.module, _strip_prefixes(weights), strict_load, path)
+        _load_weights(handler.module, _strip_prefixes(weights, set(handler.module.state_dict())), strict_load, path)
         return handler
 
 
@@ -386,25 +326,52 @@ def _provided_slots(provided: dict[str, Any]) -> dict[str, Any]:
     return slots
 
 
+def _how_to_provide(slot: str) -> str:
+    """The `NNHandler.load` keyword that supplies what a checkpoint recorded under `slot`."""
+    head, _, rest = slot.partition(".")
+    head, bracket, _ = head.partition("[")
+    name = rest.split(".")[0].split("[")[0]
+    if head == "callbacks":
+        return "callbacks=[...] (the whole list; it replaces the saved callbacks)"
+    if head in ("sampler_state", "sampler_class") or (head == "sampler_kwargs" and not name):
+        return "sampler=<a ready Sampler instance>" if head == "sampler_state" else f"{head}=..."
+    if head == "sde":
+        return "sde=<a ready SDE instance>"
+    if head == "metrics":
+        return f"metrics={{{name!r}: ...}}"
+    if head.endswith("_kwargs") and name:
+        return f"{head}={{{name!r}: ...}}"
+    return f"{head}=..."
+
+
 def _raise_missing(needs: list, path: str) -> None:
     if needs:
         listed = ", ".join(f"{u.slot} ({u.name})" for u in needs)
-        first = needs[0].slot.split(".")[0].split("[")[0]
+        how = ", ".join(dict.fromkeys(_how_to_provide(u.slot) for u in needs))
+        needs.clear()
         raise CheckpointError(
             f"{path!r} recorded {listed} by name only (not importable when saved); pass them to "
-            f"NNHandler.load, e.g. NNHandler.load(path, {first}=...)."
+            f"NNHandler.load: NNHandler.load(path, {how})."
         )
 
 
-def _strip_prefixes(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip_prefixes(weights: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
+    """`weights` with the wrapper prefixes removed: `_orig_mod.` (torch.compile, also on a
+    submodule) wherever it occurs, and leading `module.` (DDP / DataParallel) when the model
+    itself has no such keys, i.e. only where stripping makes the keys fit."""
     out = {}
     for key, value in weights.items():
-        parts = [p for p in key.split(".") if p not in ("module", "_orig_mod")] if key.startswith(("module.", "_orig_mod.")) else key.split(".")
-        out[".".join(parts)] = value
+        if key not in own:
+            key = ".".join(p for p in key.split(".") if p != "_orig_mod")
+            while key.startswith("module.") and key not in own:
+                key = key[len("module."):]
+        out[key] = value
     return out
 
 
-def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool, path: str) -> None:
+def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool,
+                  path: str) -> tuple[list[str], list[str]]:
+    """Load `weights` into `module`; return the (missing, unexpected) keys that were tolerated."""
     own = module.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in weights.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
@@ -413,6 +380,10 @@ def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], str
     if mismatched:
         raise CheckpointError(f"The weights in {path!r} do not fit {type(module).__name__}: shape mismatches "
                               f"{mismatched}; missing {missing}; unexpected {unexpected}.")
+    if own and weights and not set(own) & set(weights):
+        # Nothing would load: another model's weights, which strict_load=False must not hide.
+        raise CheckpointError(f"None of the weights in {path!r} fit {type(module).__name__}: missing keys "
+                              f"{missing}, unexpected keys {unexpected}. Is it a checkpoint of another model?")
     if strict and (missing or unexpected):
         raise CheckpointError(f"The weights in {path!r} do not fit {type(module).__name__}: missing keys "
                               f"{missing}, unexpected keys {unexpected}. Pass strict_load=False to load the rest.")
@@ -420,6 +391,7 @@ def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], str
         warnings.warn(f"Loading {path!r} into {type(module).__name__}: missing keys {missing}, unexpected keys "
                       f"{unexpected}; these were left as they are.", UserWarning, stacklevel=3)
     module.load_state_dict(weights, strict=False)
+    return missing, unexpected
 
 
 def _load_train_state(handler: Any, extra: dict[str, Any], skip_ema: bool) -> None:
@@ -439,18 +411,17 @@ def _load_train_state(handler: Any, extra: dict[str, Any], skip_ema: bool) -> No
         state["ema"] = ema
 
 
-def _load_sampler(handler: Any, saved: dict[str, Any] | None, provided: dict[str, Any], dec: Any) -> None:
+def _load_sampler(handler: Any, saved: dict[str, Any] | None, provided: dict[str, Any], dec: Any,
+                  dec_kwargs: Any, raise_missing: Any) -> None:
     if provided.get("sampler") is not None:
         handler.sampler = provided["sampler"]
         return
     if saved is None:
         return
-    sampler_cls = provided.get("sampler_class") or dec(saved["class"])
-    kwargs = dec(saved["kwargs"])
+    sampler_cls = provided["sampler_class"] if provided.get("sampler_class") is not None else dec(saved["class"])
+    kwargs = dec_kwargs(saved["kwargs"], "sampler_kwargs")
     state = dec(saved["state"])
-    unresolved = find_unrecorded(kwargs)
-    if unresolved:
-        return  # `_raise_missing` reports them, naming sampler_kwargs
+    raise_missing()
     handler.sampler = sampler_cls(**kwargs)
     call_sampler_load(handler.sampler, state)
 

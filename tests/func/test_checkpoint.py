@@ -1,0 +1,267 @@
+"""nnh.func.checkpoint: atomic writes, safe reads, objects as import paths."""
+
+from __future__ import annotations
+
+import enum
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from nnh.func import (
+    CheckpointError,
+    Unrecorded,
+    atomic_save,
+    decode_value,
+    encode_value,
+    find_unrecorded,
+    import_object,
+    import_path,
+    load_state_from_dict,
+    read_checkpoint,
+    state_to_dict,
+)
+from nnh.stateful.enums import ModelType
+from tests._models import CHILD_ENV, CountingCallback, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
+
+
+# ---------------------------------------------------------------------------- atomic_save
+def test_atomic_save_round_trip_and_replace(tmp_path):
+    path = tmp_path / "sub" / "c.pth"  # the folder is created
+    atomic_save({"a": torch.arange(3), "b": [1, "x", None]}, path)
+    atomic_save({"a": torch.arange(5)}, path)
+    got = read_checkpoint(path)
+    assert got.keys() == {"a"} and torch.equal(got["a"], torch.arange(5))
+    assert os.listdir(path.parent) == ["c.pth"]
+
+
+def test_atomic_save_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_save({"a": 1}, tmp_path / "c.pth")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "c.pth").st_mode & 0o777 == 0o640  # what open(path, "wb") gives
+
+
+def test_failed_save_keeps_the_previous_file_and_removes_the_temporary(tmp_path, monkeypatch):
+    atomic_save({"v": torch.ones(4)}, tmp_path / "c.pth")
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_save({"v": torch.zeros(4)}, tmp_path / "c.pth")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["c.pth"]
+    assert torch.equal(read_checkpoint(tmp_path / "c.pth")["v"], torch.ones(4))
+
+
+_STUCK_IN_FSYNC = """
+import os, sys, time, torch
+from nnh.func import atomic_save
+
+atomic_save({"version": 1, "w": torch.full((1000,), 1.0)}, "c.pth")
+
+def stuck_fsync(fd):
+    open("in_fsync", "w").close()
+    time.sleep(60)
+
+os.fsync = stuck_fsync
+atomic_save({"version": 2, "w": torch.full((1000,), 2.0)}, "c.pth")
+"""
+
+
+def test_kill_during_save_leaves_the_previous_file(tmp_path):
+    (tmp_path / "child.py").write_text(_STUCK_IN_FSYNC)
+    child = subprocess.Popen([sys.executable, "child.py"], cwd=tmp_path, env=CHILD_ENV, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "in_fsync").exists():
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # The new bytes sit complete in the temporary file, not yet renamed.
+        temps = [f for f in os.listdir(tmp_path) if f.startswith(".c.pth.") and f.endswith(".tmp")]
+        assert len(temps) == 1
+        assert read_checkpoint(tmp_path / temps[0])["version"] == 2
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    got = read_checkpoint(tmp_path / "c.pth")
+    assert got["version"] == 1 and torch.equal(got["w"], torch.full((1000,), 1.0))
+
+
+_SAVE_LOOP = """
+import sys, torch
+from nnh.func import atomic_save
+
+i = 0
+while True:
+    i += 1
+    atomic_save({"i": i, "w": torch.full((2_000_000,), float(i))}, "c.pth")  # 8 MB
+    print(i, flush=True)
+"""
+
+
+def test_kill_at_an_arbitrary_moment_never_leaves_a_torn_file(tmp_path):
+    (tmp_path / "child.py").write_text(_SAVE_LOOP)
+    child = subprocess.Popen([sys.executable, "child.py"], cwd=tmp_path, env=CHILD_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        done = [int(child.stdout.readline()) for _ in range(3)]  # three complete saves
+        assert done == [1, 2, 3], child.stderr.read()
+        time.sleep(0.013)  # land somewhere inside a later save
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    got = read_checkpoint(tmp_path / "c.pth")
+    assert got["i"] >= 3
+    assert torch.equal(got["w"], torch.full((2_000_000,), float(got["i"])))  # one whole version
+
+
+# ---------------------------------------------------------------------------- read_checkpoint
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_read_checkpoint_refuses_pickled_objects(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"w": torch.ones(2), "x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"Refusing to load .*evil\.pth.*pickled payload"):
+        read_checkpoint(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("empty.pth", b"", "is empty"),
+    ("random.pth", bytes(range(256)) * 8, "not a torch checkpoint"),
+    ("legacy.pth", None, "legacy format"),
+    ("half.pth", "half", "not a torch checkpoint"),
+    ("notorch.zip", "zip", "truncated or corrupt"),
+    ("pickle.pkl", pickle.dumps({"a": 1}), "not a torch checkpoint"),
+])
+def test_read_checkpoint_errors_name_the_path(tmp_path, name, content, words):
+    path = tmp_path / name
+    if content is None:
+        torch.save({"a": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    elif content == "half":
+        torch.save({"a": torch.randn(1000)}, tmp_path / "full.pth")
+        data = (tmp_path / "full.pth").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif content == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("hello.txt", "hello")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=words) as err:
+        read_checkpoint(path)
+    assert repr(str(path)) in str(err.value)
+
+
+def test_read_checkpoint_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.pth")
+
+
+# ---------------------------------------------------------------------------- import paths
+def test_import_path_of_importable_and_non_importable_objects():
+    assert import_path(torch.optim.AdamW) == "torch.optim.adamw:AdamW"
+    assert import_path(torch.nn.functional.cross_entropy) == "torch.nn.functional:cross_entropy"
+    assert import_path(torch.relu) == "torch:relu"  # a builtin: its qualname is not importable
+    assert import_path(ModelType) == "nnh.stateful.enums:ModelType"
+    assert import_path(lambda x: x) is None
+
+    def local():
+        pass
+
+    assert import_path(local) is None
+    assert import_object("torch.optim.lr_scheduler:StepLR") is torch.optim.lr_scheduler.StepLR
+    with pytest.raises(ValueError, match="package.module:QualName"):
+        import_object("torch.optim.Adam")
+
+
+# ---------------------------------------------------------------------------- encode / decode
+def test_encode_decode_round_trip_through_a_weights_only_file(tmp_path):
+    value = {
+        "dtype": torch.bfloat16, "device": torch.device("cpu"), "tuple": (1, 2.5, "a"),
+        "nested": {"list": [None, True, torch.arange(3)]}, "cls": torch.optim.SGD,
+        "fn": torch.nn.functional.mse_loss, "enum": ModelType.GENERATIVE, "np_f": np.float32(0.25),
+        "np_i": np.int64(7), "np_b": np.bool_(True), "size": torch.Size([2, 3]),
+    }
+    encoded = encode_value(value, "v")
+    atomic_save(encoded, tmp_path / "v.pth")
+    decoded = decode_value(read_checkpoint(tmp_path / "v.pth"))
+    assert decoded["dtype"] is torch.bfloat16 and decoded["device"] == torch.device("cpu")
+    assert decoded["tuple"] == (1, 2.5, "a")
+    assert decoded["nested"]["list"][:2] == [None, True]
+    assert torch.equal(decoded["nested"]["list"][2], torch.arange(3))
+    assert decoded["cls"] is torch.optim.SGD and decoded["fn"] is torch.nn.functional.mse_loss
+    assert decoded["enum"] is ModelType.GENERATIVE
+    assert (decoded["np_f"], decoded["np_i"], decoded["np_b"]) == (0.25, 7, True)
+    assert [type(decoded[k]) for k in ("np_f", "np_i", "np_b")] == [float, int, bool]
+    assert decoded["size"] == (2, 3)
+
+
+def test_unrecorded_values_are_listed_and_can_be_provided():
+    class Color(enum.Enum):  # local: not importable
+        RED = "red"
+
+    unrecorded = []
+    fn = lambda x: x  # noqa: E731
+    encoded = encode_value({"act": fn, "local_enum": Color.RED, "ok": 1}, "model_kwargs", unrecorded=unrecorded)
+    assert [slot for slot, _ in unrecorded] == ["model_kwargs.act", "model_kwargs.local_enum"]
+    decoded = decode_value(encoded)
+    assert decoded["ok"] == 1
+    assert [u.slot for u in find_unrecorded(decoded)] == ["model_kwargs.act", "model_kwargs.local_enum"]
+    assert isinstance(decoded["act"], Unrecorded)
+    provided = decode_value(encoded, provided={"model_kwargs.act": fn, "model_kwargs.local_enum": Color.RED})
+    assert provided["act"] is fn and provided["local_enum"] is Color.RED
+
+
+def test_bound_objects_and_recorded_constructors():
+    module = torch.nn.Linear(2, 2)
+    encoded = encode_value({"model": module}, "kw", bindings={id(module): "handler.module"})
+    assert encoded == {"model": {"__nnh__": "bound", "name": "handler.module"}}
+    other = torch.nn.Linear(2, 2)
+    assert decode_value(encoded, bindings={"handler.module": other})["model"] is other
+    with pytest.raises(CheckpointError, match="handler.module"):
+        decode_value(encoded)
+
+    cb = CountingCallback(tag="z")
+    cb.epochs_seen = 4
+    back = decode_value(encode_value(cb, "callbacks[0]"))
+    assert type(back) is CountingCallback and back.tag == "z" and back.epochs_seen == 4
+
+
+def test_unknown_tag_is_reported_as_a_newer_format():
+    with pytest.raises(CheckpointError, match="newer nnh"):
+        decode_value({"__nnh__": "hologram"})
+
+
+# ---------------------------------------------------------------------------- train state <-> dict
+def test_load_state_from_dict_copies_in_place_and_lists_mismatches():
+    target = torch.zeros(3)
+    state = TensorDict({"params": TensorDict({"w": target, "b": torch.zeros(2)}, batch_size=[])}, batch_size=[])
+    load_state_from_dict(state, {"params": {"w": torch.ones(3), "b": torch.ones(2)}})
+    assert torch.equal(target, torch.ones(3))  # the same tensor object, updated
+    assert torch.equal(state_to_dict(state)["params"]["b"], torch.ones(2))
+    with pytest.raises(CheckpointError) as err:
+        load_state_from_dict(state, {"params": {"w": torch.ones(4), "extra": torch.ones(1)}})
+    msg = str(err.value)
+    assert "missing keys ['params.b']" in msg and "unexpected keys ['params.extra']" in msg
+    assert "params.w: checkpoint (4,) vs state (3,)" in msg
