@@ -1,0 +1,202 @@
+r"""Energy models: ``forward(x) -> U(x)`` with x (B, *event_shape) and U (B,).
+
+`BaseModel` adds ``gradient(x)`` and ``energy_and_gradient(x)`` (both in one pass). Its default
+uses autograd; the analytic energies below override it with closed forms, which is what makes
+sampling them cheap. Any ``nn.Module`` returning (B,) energies works with the samplers too.
+For compatibility a 1-D input (D,) is read as one point, (1, D).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import Tensor, nn
+
+from nnh.func.mcmc import autograd_energy_and_grad, event_sum
+
+__all__ = [
+    "AckleyModel",
+    "BaseModel",
+    "DoubleWellModel",
+    "GaussianModel",
+    "HarmonicModel",
+    "RastriginModel",
+    "RosenbrockModel",
+]
+
+
+def _batch(x: Tensor) -> Tensor:
+    return x.unsqueeze(0) if x.ndim == 1 else x
+
+
+class BaseModel(nn.Module, abc.ABC):
+    """An energy U: (B, *event_shape) -> (B,), with its gradient."""
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """U(x), shape (B,)."""
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(U(x), dU/dx)``, shapes (B,) and like x, detached. Default: one autograd pass."""
+        return autograd_energy_and_grad(self)(_batch(x))
+
+    def gradient(self, x: Tensor) -> Tensor:
+        r""":math:`\nabla_x U(x)`, shaped like x (after reading a 1-D x as (1, D))."""
+        return self.energy_and_gradient(x)[1]
+
+
+class DoubleWellModel(BaseModel):
+    r"""U(x) = h sum_i (x_i^2 - b^2)^2, gradient 4 h x_i (x_i^2 - b^2): wells at x_i = +-b,
+    barrier height h b^4 per coordinate. h = ``barrier_height``."""
+
+    def __init__(self, barrier_height: float = 2.0, b: float = 1.0) -> None:
+        super().__init__()
+        self.barrier_height = float(barrier_height)
+        self.b = float(b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _batch(x)
+        t = x.square() - self.b**2
+        return self.barrier_height * event_sum(t * t)
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _batch(x)
+        t = x.square().sub_(self.b**2)
+        return event_sum(t * t).mul_(self.barrier_height), x.mul(t).mul_(4.0 * self.barrier_height)
+
+    def gradient(self, x: Tensor) -> Tensor:
+        x = _batch(x)
+        return x.mul(x.square().sub_(self.b**2)).mul_(4.0 * self.barrier_height)
+
+
+class GaussianModel(BaseModel):
+    r"""U(x) = (x - mu)^T Sigma^{-1} (x - mu) / 2 on event shape (D,); gradient Sigma^{-1}(x - mu).
+
+    Args:
+        mean: (D,). cov: (D, D), symmetric positive definite.
+    """
+
+    def __init__(self, mean: Tensor, cov: Tensor) -> None:
+        super().__init__()
+        mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
+        if mean.ndim != 1:
+            raise ValueError(f"GaussianModel: mean must be 1-D (D,), got shape {tuple(mean.shape)}.")
+        if cov.shape != (mean.shape[0], mean.shape[0]):
+            raise ValueError(
+                f"GaussianModel: cov must be ({mean.shape[0]}, {mean.shape[0]}) to match mean, got {tuple(cov.shape)}."
+            )
+        chol, info = torch.linalg.cholesky_ex(cov.double())
+        if info.item() != 0 or not torch.allclose(cov.double(), cov.double().T):
+            raise ValueError("GaussianModel: cov must be symmetric positive definite; check its eigenvalues.")
+        dtype = mean.dtype if mean.is_floating_point() else torch.get_default_dtype()
+        self.register_buffer("mean", mean.to(dtype))
+        self.register_buffer("cov", cov.to(dtype))
+        self.register_buffer("precision", torch.cholesky_inverse(chol).to(dtype))
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.mean.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.energy_and_gradient(x)[0]
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        diff = _batch(x) - self.mean
+        grad = diff @ self.precision
+        return 0.5 * event_sum(diff * grad), grad
+
+
+class HarmonicModel(BaseModel):
+    r"""U(x) = k sum_i x_i^2 / 2, gradient k x."""
+
+    def __init__(self, k: float = 1.0) -> None:
+        super().__init__()
+        self.k = float(k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _batch(x)
+        return (0.5 * self.k) * event_sum(x * x)
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _batch(x)
+        return (0.5 * self.k) * event_sum(x * x), self.k * x
+
+
+class RosenbrockModel(BaseModel):
+    r"""U(x) = sum_{i<D} [(a - x_i)^2 + b (x_{i+1} - x_i^2)^2] on event shape (D,), D >= 2."""
+
+    def __init__(self, a: float = 1.0, b: float = 100.0) -> None:
+        super().__init__()
+        self.a = float(a)
+        self.b = float(b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.energy_and_gradient(x)[0]
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _batch(x)
+        if x.ndim != 2 or x.shape[1] < 2:
+            raise ValueError(f"RosenbrockModel: x must be (B, D) with D >= 2, got shape {tuple(x.shape)}.")
+        head, tail = x[:, :-1], x[:, 1:]
+        r = self.a - head
+        s = tail - head.square()
+        energy = (r.square() + self.b * s.square()).sum(dim=1)
+        grad = torch.zeros_like(x)
+        grad[:, :-1] = -2.0 * r - 4.0 * self.b * head * s
+        grad[:, 1:] += 2.0 * self.b * s
+        return energy, grad
+
+
+class AckleyModel(BaseModel):
+    r"""U(x) = -a exp(-b r) - exp(sum_i cos(c x_i) / n) + a + e, r = sqrt(sum_i x_i^2 / n).
+
+    The minimum U(0) = 0 is a cone point; the gradient there is taken as 0 (finite), and r is
+    computed from a floor of the smallest normal number so autograd agrees.
+    """
+
+    def __init__(self, a: float = 20.0, b: float = 0.2, c: float = 2 * math.pi) -> None:
+        super().__init__()
+        self.a = float(a)
+        self.b = float(b)
+        self.c = float(c)
+
+    def _radius(self, x: Tensor) -> Tensor:
+        n = x[0].numel()
+        return (event_sum(x * x) / n).clamp(min=torch.finfo(x.dtype).tiny).sqrt()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _batch(x)
+        n = x[0].numel()
+        r = self._radius(x)
+        return -self.a * torch.exp(-self.b * r) - torch.exp(event_sum(torch.cos(self.c * x)) / n) + self.a + math.e
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _batch(x)
+        n = x[0].numel()
+        view = (-1,) + (1,) * (x.ndim - 1)
+        r = self._radius(x)
+        radial = self.a * torch.exp(-self.b * r)
+        wave = torch.exp(event_sum(torch.cos(self.c * x)) / n)
+        energy = -radial - wave + self.a + math.e
+        grad = (radial * self.b / (n * r)).view(view) * x + (wave * self.c / n).view(view) * torch.sin(self.c * x)
+        return energy, grad
+
+
+class RastriginModel(BaseModel):
+    r"""U(x) = a n + sum_i [x_i^2 - a cos(2 pi x_i)], gradient 2 x_i + 2 pi a sin(2 pi x_i)."""
+
+    def __init__(self, a: float = 10.0) -> None:
+        super().__init__()
+        self.a = float(a)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.energy_and_gradient(x)[0]
+
+    def energy_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _batch(x)
+        n = x[0].numel()
+        angle = 2.0 * math.pi * x
+        energy = self.a * n + event_sum(x.square() - self.a * torch.cos(angle))
+        return energy, 2.0 * x + (2.0 * math.pi * self.a) * torch.sin(angle)

@@ -1,0 +1,231 @@
+"""Pure MCMC steps (nnh.func.mcmc): shapes, explicit randomness, per-chain MH, divergence,
+HMC's gradient count, torch.compile, and the effective sample size."""
+
+import math
+
+import pytest
+import torch
+
+from nnh.func.mcmc import (
+    ChainState,
+    autograd_energy_and_grad,
+    effective_sample_size,
+    energy_and_grad_fn,
+    event_sum,
+    func_energy_and_grad,
+    hmc_step,
+    init_chain_state,
+    kinetic_energy,
+    langevin_step,
+    leapfrog,
+    mala_step,
+    select_chains,
+)
+
+
+def quadratic(x):
+    """U(x) = |x|^2 / 2 over any event shape."""
+    return 0.5 * (x * x).flatten(1).sum(1)
+
+
+def quadratic_eg(x):
+    return quadratic(x), x.clone()
+
+
+class CountingEnergy(torch.nn.Module):
+    """U = |x|^2 / 2 that counts its energy-and-gradient evaluations."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        return quadratic(x)
+
+    def energy_and_gradient(self, x):
+        self.calls += 1
+        return quadratic(x), x.clone()
+
+
+def test_langevin_step_formula_with_explicit_noise():
+    x = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    noise = torch.tensor([[0.1, 0.2], [-0.3, 0.4]])
+    state = init_chain_state(x, quadratic_eg)
+    h, s = 0.1, 0.5
+    new, info = langevin_step(state, quadratic_eg, h, s, noise=noise)
+    expected = x - h * x + s * math.sqrt(2 * h) * noise
+    torch.testing.assert_close(new.x, expected)
+    torch.testing.assert_close(new.grad, expected)
+    torch.testing.assert_close(new.energy, quadratic(expected))
+    assert info.accepted.all() and info.finite.all()
+    torch.testing.assert_close(info.accept_prob, torch.ones(2))
+
+
+def test_generator_gives_reproducible_draws_and_randomness_is_required():
+    state = init_chain_state(torch.zeros(4, 3), quadratic_eg)
+    a, _ = mala_step(state, quadratic_eg, 0.1, generator=torch.Generator().manual_seed(3))
+    b, _ = mala_step(state, quadratic_eg, 0.1, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a.x, b.x)
+    with pytest.raises(ValueError, match="noise=.*generator"):
+        langevin_step(state, quadratic_eg, 0.1)
+    with pytest.raises(ValueError, match="uniform"):
+        mala_step(state, quadratic_eg, 0.1, noise=torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"noise has shape \(4, 2\)"):
+        hmc_step(state, quadratic_eg, 0.1, 2, noise=torch.zeros(4, 2), uniform=torch.rand(4))
+
+
+def test_mala_log_alpha_matches_hand_computation_per_chain():
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    noise = torch.randn(5, 2, dtype=torch.float64)
+    h, s = 0.3, 1.0
+    state = init_chain_state(x, quadratic_eg)
+    _, info = mala_step(state, quadratic_eg, h, s, noise=noise, uniform=torch.full((5,), 0.5, dtype=torch.float64))
+    y = x - h * x + math.sqrt(2 * h) * noise
+    log_q = lambda a, b: -((a - b + h * b) ** 2).sum(1) / (4 * h)  # noqa: E731  (grad U(b) = b)
+    log_alpha = quadratic(x) - quadratic(y) + log_q(x, y) - log_q(y, x)
+    torch.testing.assert_close(info.accept_prob, log_alpha.clamp(max=0).exp())
+    torch.testing.assert_close(info.accepted, info.accept_prob > 0.5)
+
+
+def test_metropolis_is_per_chain_and_rejected_chains_keep_their_state():
+    torch.manual_seed(1)
+    x = torch.randn(64, 3)
+    state = init_chain_state(x, quadratic_eg)
+    uniform = torch.rand(64)
+    new, info = hmc_step(state, quadratic_eg, 0.9, 3, noise=torch.randn(64, 3), uniform=uniform)
+    # Per chain: accepted exactly where u < min(1, alpha), and both outcomes occur in this batch.
+    torch.testing.assert_close(info.accepted, uniform < info.accept_prob)
+    assert 0 < int(info.accepted.sum()) < 64
+    rejected = ~info.accepted
+    torch.testing.assert_close(new.x[rejected], x[rejected])
+    torch.testing.assert_close(new.energy[rejected], state.energy[rejected])
+    assert not torch.equal(new.x[info.accepted], x[info.accepted])
+    torch.testing.assert_close(new.energy, quadratic(new.x))
+
+
+class BlowsUp(torch.nn.Module):
+    """Energy and gradient NaN where x_0 > 1 (a diverging model)."""
+
+    def forward(self, x):
+        return quadratic(x) + torch.sqrt(1.0 - x[:, 0])
+
+
+@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+def test_nonfinite_proposals_are_rejected_per_chain(step):
+    eg = autograd_energy_and_grad(BlowsUp())
+    x = torch.tensor([[0.0, 0.0], [0.9, 0.0], [-0.5, 0.3]])
+    state = init_chain_state(x, eg)
+    noise = torch.tensor([[0.0, 0.1], [5.0, 0.0], [0.0, -0.1]])  # pushes chain 1 past x_0 = 1
+    uniform = torch.full((3,), 1e-6)
+    if step == "langevin":
+        new, info = langevin_step(state, eg, 0.1, noise=noise)
+    elif step == "mala":
+        new, info = mala_step(state, eg, 0.1, noise=noise, uniform=uniform)
+    else:
+        new, info = hmc_step(state, eg, 0.5, 2, noise=noise, uniform=uniform)
+    assert info.finite.tolist() == [True, False, True]
+    assert info.accepted.tolist() == [True, False, True]
+    assert info.accept_prob[1] == 0
+    torch.testing.assert_close(new.x[1], x[1])
+    assert torch.isfinite(new.x).all() and torch.isfinite(new.energy).all() and torch.isfinite(new.grad).all()
+
+
+def test_leapfrog_conserves_energy_and_is_reversible():
+    torch.manual_seed(2)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    p = torch.randn(10, 2, dtype=torch.float64)
+    x1, p1, e1, g1 = leapfrog(x, p, x.clone(), quadratic_eg, 0.05, 40)
+    h0 = quadratic(x) + kinetic_energy(p)
+    h1 = e1 + kinetic_energy(p1)
+    assert (h1 - h0).abs().max() < 1e-3  # O(eps^2) energy error of a symplectic integrator
+    x2, p2, _, _ = leapfrog(x1, -p1, g1, quadratic_eg, 0.05, 40)
+    torch.testing.assert_close(x2, x)
+    torch.testing.assert_close(-p2, p)
+
+
+def test_hmc_costs_L_plus_one_gradients_then_L_per_transition():
+    model = CountingEnergy()
+    L = 7
+    gen = torch.Generator().manual_seed(0)
+    state = init_chain_state(torch.randn(16, 2, generator=gen), model.energy_and_gradient)
+    state, _ = hmc_step(state, model.energy_and_gradient, 0.1, L, generator=gen)
+    assert model.calls == L + 1  # the first transition: the start gradient plus L leapfrog ones
+    for _ in range(4):
+        state, _ = hmc_step(state, model.energy_and_gradient, 0.1, L, generator=gen)
+    assert model.calls == 5 * L + 1  # afterwards the last gradient is reused as the next first
+
+
+def test_mass_as_float_int_and_tensor_agree_when_equal():
+    torch.manual_seed(4)
+    x = torch.randn(8, 2, dtype=torch.float64)
+    noise, u = torch.randn(8, 2, dtype=torch.float64), torch.rand(8, dtype=torch.float64)
+    state = init_chain_state(x, quadratic_eg)
+    outs = [hmc_step(state, quadratic_eg, 0.2, 3, m, noise=noise, uniform=u)[0].x
+            for m in (2.0, 2, torch.full((2,), 2.0, dtype=torch.float64))]
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], outs[2])
+
+
+def test_any_event_shape():
+    x = torch.randn(4, 3, 2, 2)
+    state = init_chain_state(x, quadratic_eg)
+    gen = torch.Generator().manual_seed(0)
+    for step in (langevin_step, mala_step):
+        new, info = step(state, quadratic_eg, 0.1, generator=gen)
+        assert new.x.shape == x.shape and info.energy.shape == (4,)
+    new, info = hmc_step(state, quadratic_eg, 0.1, 2, torch.ones(3, 2, 2), generator=gen)
+    assert new.x.shape == x.shape and info.accepted.shape == (4,)
+
+
+def test_helpers():
+    v = torch.arange(24.0).reshape(2, 3, 4)
+    torch.testing.assert_close(event_sum(v), v.flatten(1).sum(1))
+    mask = torch.tensor([True, False])
+    torch.testing.assert_close(select_chains(mask, v, -v), torch.stack([v[0], -v[1]]))
+    x = torch.randn(5, 2)
+    eg_a, eg_f = autograd_energy_and_grad(quadratic), func_energy_and_grad(quadratic)
+    for eg in (eg_a, eg_f, energy_and_grad_fn(quadratic), energy_and_grad_fn(CountingEnergy())):
+        e, g = eg(x)
+        torch.testing.assert_close(e, quadratic(x))
+        torch.testing.assert_close(g, x)
+        assert not e.requires_grad and not g.requires_grad
+
+
+def test_autograd_energy_does_not_keep_graphs_across_steps():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    eg = autograd_energy_and_grad(lambda x: net(x).squeeze(-1))
+    state = init_chain_state(torch.randn(3, 2), eg)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        state, info = mala_step(state, eg, 0.1, generator=gen)
+    assert state.x.grad_fn is None and state.energy.grad_fn is None and state.grad.grad_fn is None
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_effective_sample_size_of_ar1_chains():
+    # AR(1) with coefficient r has integrated autocorrelation time (1 + r) / (1 - r).
+    gen = torch.Generator().manual_seed(0)
+    r, chains, draws = 0.8, 8, 4000
+    eps = torch.randn(chains, draws, generator=gen, dtype=torch.float64)
+    x = torch.empty_like(eps)
+    x[:, 0] = eps[:, 0] / math.sqrt(1 - r * r)
+    for t in range(1, draws):
+        x[:, t] = r * x[:, t - 1] + eps[:, t]
+    ess = effective_sample_size(x.unsqueeze(-1))
+    expected = chains * draws * (1 - r) / (1 + r)
+    assert ess.shape == (1,)
+    assert abs(ess.item() / expected - 1) < 0.15
+
+
+def test_mala_step_compiles_with_fullgraph_and_matches_eager():
+    gen = torch.Generator().manual_seed(5)
+    x, noise, u = torch.randn(8, 2, generator=gen), torch.randn(8, 2, generator=gen), torch.rand(8, generator=gen)
+    state = init_chain_state(x, quadratic_eg)
+    eager, eager_info = mala_step(state, quadratic_eg, 0.4, 1.0, noise=noise, uniform=u)
+    compiled = torch.compile(mala_step, fullgraph=True)
+    got, got_info = compiled(state, quadratic_eg, 0.4, 1.0, noise=noise, uniform=u)
+    torch.testing.assert_close(got.x, eager.x)
+    torch.testing.assert_close(got.energy, eager.energy)
+    torch.testing.assert_close(got_info.accepted, eager_info.accepted)
+    assert isinstance(got, ChainState)
