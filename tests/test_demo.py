@@ -15,7 +15,10 @@ def test_demo_trains_and_writes_plots_and_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     values = dict(re.findall(r"^(\w+): ([0-9.]+)$", printed, re.M))
     assert float(values["val_accuracy"]) > 0.9 and float(values["val_loss"]) < 0.4
-    for name in ("loss.png", "metric_accuracy.png"):
+    assert float(values["mcmc_acceptance"]) > 0.5
+    # E|x_i| is 0.868 under the double well; 1000 chains of 400 MALA steps from near 0 get close.
+    assert abs(float(values["mcmc_mean_abs_x"]) - 0.868) < 0.05
+    for name in ("loss.png", "metric_accuracy.png", "mcmc_trajectory.png", "mcmc_samples.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     loaded = NNHandler.load(tmp_path / "checkpoint.pth")  # everything in it is importable
     assert isinstance(loaded.module, SpiralClassifier) and loaded.epoch == 30
