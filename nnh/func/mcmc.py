@@ -56,6 +56,8 @@ __all__ = [
 
 EnergyAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 
+_LOG2_E = 1.0 / math.log(2.0)
+
 
 class ChainState(NamedTuple):
     """A batch of chains: ``x`` (B, *event_shape), ``energy`` U(x) (B,), ``grad`` dU/dx like x."""
@@ -182,14 +184,17 @@ def reject_nonfinite(old: ChainState, new: ChainState, *, check_energy: bool = T
 def metropolis_accept(
     old: ChainState, new: ChainState, log_alpha: Tensor, uniform: Tensor
 ) -> tuple[ChainState, StepInfo]:
-    r"""The Metropolis–Hastings test, per chain: accept where :math:`\log u < \log\alpha`.
+    r"""The Metropolis–Hastings test, per chain: accept where :math:`u < \min(1, \alpha)`.
 
     A chain whose ``log_alpha`` is NaN, or whose proposal is not finite, is rejected.
     ``accept_prob`` is :math:`\min(1, \alpha)`, 0 for those chains.
     """
     finite = _finite_chains(new) & ~torch.isnan(log_alpha)
-    accepted = (torch.log(uniform) < log_alpha) & finite
-    accept_prob = torch.where(finite, log_alpha.clamp(max=0.0).exp(), 0.0)
+    # exp(a) as exp2(a log2 e), and u < min(1, alpha) rather than log u < log alpha: on CPU,
+    # torch.exp and torch.log open a thread-pool region even for 1,000 numbers, which waits
+    # ~12 ms for a busy core on a loaded machine; exp2 does not (benchmarks/mcmc.py).
+    accept_prob = torch.where(finite, torch.exp2(log_alpha.clamp(max=0.0) * _LOG2_E), 0.0)
+    accepted = uniform < accept_prob
     state = ChainState(
         select_chains(accepted, new.x, old.x),
         torch.where(accepted, new.energy, old.energy),

@@ -68,7 +68,8 @@ class DoubleWellModel(BaseModel):
 
     def gradient(self, x: Tensor) -> Tensor:
         x = _batch(x)
-        return x.mul(x.square().sub_(self.b**2)).mul_(4.0 * self.barrier_height)
+        # 4h (x^3 - b^2 x): three kernels, the Langevin hot path (benchmarks/mcmc.py).
+        return torch.sub(x.pow(3), x, alpha=self.b**2).mul_(4.0 * self.barrier_height)
 
 
 class GaussianModel(BaseModel):

@@ -2,6 +2,7 @@ r"""`LangevinDynamics`: the unadjusted Langevin algorithm, x' = x - h grad U(x) 
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -46,10 +47,10 @@ class LangevinDynamics(BaseSampler):
         self._gradient = gradient if callable(gradient) else (lambda x: self._energy_and_grad(x)[1])
 
     def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo | None]:
-        h = self.get_scheduled_value("step_size")
-        s = self.get_scheduled_value("noise_scale")
+        h = self.schedulers["step_size"].current_value
+        s = self.schedulers["noise_scale"].current_value
         noise = standard_normal_like(state.x, generator)
-        if state.x.device.type != "cpu":
+        if not state.x.is_cpu:
             # Per-chain rejection with torch.where: no host sync on an accelerator.
             return langevin_step(self._with_energy(state), self._energy_and_grad, h, s, noise=noise)
         # CPU fast path. The dynamics need only grad U, so U is evaluated where it is reported
@@ -58,7 +59,11 @@ class LangevinDynamics(BaseSampler):
         # CPU flag is not a device sync. Same maths as langevin_step (tests check equality).
         x_new = langevin_proposal(state.x, state.grad, h, s, noise)
         grad = self._gradient(x_new)
-        if torch.isfinite(x_new.sum() + grad.sum()):
+        # sum(x * grad) over the whole batch is finite iff no chain has a non-finite x or grad
+        # (inf * 0 and inf - inf are NaN), barring an overflow, which only sends us to the
+        # exact per-chain check below: 4 us against 9 us for two sums and isfinite. Not
+        # torch.dot: BLAS opens a thread pool region, which waits milliseconds for a busy core.
+        if math.isfinite((x_new * grad).sum().item()):
             return ChainState(x_new, None, grad), None  # type: ignore[arg-type]
         energy, grad = self._energy_and_grad(x_new)
         return reject_nonfinite(self._with_energy(state), ChainState(x_new, energy, grad), check_energy=False)

@@ -112,6 +112,11 @@ class ConstantScheduler(BaseScheduler):
     def value_at(self, k: int) -> float:
         return self.start_value
 
+    def step(self) -> float:
+        # Called once per sampler step: skip recomputing a value that cannot change.
+        self.step_count += 1
+        return self.current_value
+
 
 class LinearScheduler(BaseScheduler):
     r"""v(k) = start + (end - start) k / n for k < n, and end for k >= n."""

@@ -1,0 +1,32 @@
+"""Every Python example of the MCMC half of docs/samplers.md runs as written, in order."""
+
+import pathlib
+import re
+
+import pytest
+import torch
+
+DOC = pathlib.Path(__file__).resolve().parents[3] / "docs" / "samplers.md"
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    # Many small ops: on a busy 2-core machine a second OpenMP thread costs far more than it gives.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_mcmc_examples_run(tmp_path, monkeypatch):
+    text = DOC.read_text()
+    mcmc = text[text.index("## MCMC samplers for energy-based models"):]
+    blocks = re.findall(r"```python\n(.*?)```", mcmc, flags=re.S)
+    assert len(blocks) >= 10
+    monkeypatch.chdir(tmp_path)  # the plot examples write PNGs
+    torch.manual_seed(0)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), namespace)
+    assert (tmp_path / "langevin_trajectory.png").exists() and (tmp_path / "double_well_samples.png").exists()
+    assert abs(namespace["ula"].var().item() - 4 / 3) < 0.05 and abs(namespace["mala"].var().item() - 1) < 0.05
