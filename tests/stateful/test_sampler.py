@@ -80,3 +80,15 @@ def test_set_sampler_by_class_property_and_errors():
         h.sampler = "not a sampler"
     with pytest.raises(TypeError):
         Sampler()  # abstract
+
+
+def test_custom_sampler_docs_example_runs():
+    import re
+
+    doc = (EXAMPLES.parents[2] / "docs" / "samplers.md").read_text()
+    section = doc[doc.index("## Custom samplers"):doc.index("## MCMC samplers for energy-based models")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    ns: dict = {}
+    exec(compile(code, "docs/samplers.md", "exec"), ns)
+    assert ns["more"].shape == (4, 16) and ns["handler"].sampler.drawn == 4
+    assert ns["handler"].sampler.model is ns["handler"].module
