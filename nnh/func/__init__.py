@@ -8,6 +8,7 @@ from nnh.func.ema import ema_source, ema_update, init_ema
 from nnh.func.optim import has_functional_update, init_optimizer_state, optimizer_update
 from nnh.func.train import batch_size_of, clip_grad_norm, init_train_state, train_step
 from nnh.func.mcmc import *  # noqa: F401,F403  (the MCMC steps: langevin_step, mala_step, hmc_step)
+from nnh.func.mcmc import __all__ as _mcmc_all
 
 __all__ = [
     "batch_size_of",
@@ -53,3 +54,5 @@ __all__ += [
     "read_checkpoint",
     "state_to_dict",
 ]
+
+__all__ += list(_mcmc_all)

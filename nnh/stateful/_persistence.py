@@ -224,7 +224,7 @@ class PersistenceMixin(AutoSaveMixin):
                 "skip_optimizer=True (and set a new optimizer) to load the weights alone."
             )
         if use_opt:
-            handler.set_optimizer(opt_class, **opt_kwargs)
+            handler._build_optimizer(opt_class, opt_kwargs)
             if use_sch:
                 # Kwargs that refer to the module (rare) are decoded now that it exists.
                 handler.set_scheduler(sch_class, interval=sch["interval"], **dec_kwargs(sch["kwargs"], "scheduler_kwargs"))

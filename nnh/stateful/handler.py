@@ -272,8 +272,7 @@ class NNHandler(PersistenceMixin):
                 f"optimizer_class must be a torch.optim.Optimizer subclass, got {optimizer_class!r}; "
                 "e.g. handler.set_optimizer(torch.optim.AdamW, lr=1e-3)."
             )
-        self._optimizer = optimizer_class(self.module.parameters(), **optimizer_kwargs)
-        self._optimizer_spec = (optimizer_class, dict(optimizer_kwargs))
+        self._build_optimizer(optimizer_class, optimizer_kwargs)
         ema = self._state.get("ema", None) if self._state is not None else None
         self._state = init_train_state(self.module, self._optimizer)
         if ema is not None:
@@ -281,6 +280,12 @@ class NNHandler(PersistenceMixin):
         if self._scheduler_spec is not None:
             cls, kwargs, interval = self._scheduler_spec
             self.set_scheduler(cls, interval=interval, **kwargs)
+
+    def _build_optimizer(self, optimizer_class: type[torch.optim.Optimizer], optimizer_kwargs: dict) -> None:
+        # The optimizer alone, without its state tensors: `load` fills those from the file
+        # (creating zeroed Adam state first would cost a full pass over memory for nothing).
+        self._optimizer = optimizer_class(self.module.parameters(), **optimizer_kwargs)
+        self._optimizer_spec = (optimizer_class, dict(optimizer_kwargs))
 
     def set_scheduler(self, scheduler_class: type | None, interval: str = "epoch", **scheduler_kwargs: Any) -> None:
         """Attach an LR scheduler to the optimizer, or remove it with None.
