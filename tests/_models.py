@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -181,20 +180,6 @@ def build_handler(scheduler: str | None = "step", lr: float = 1e-2, seed: int = 
     handler.add_metric("acc", accuracy)
     set_loaders(handler)
     return handler
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run the test on one intra-op thread (modules import this fixture by name).
-
-    The models are tiny: a second thread only adds synchronisation, and on a busy machine
-    OpenMP's spinning threads make each step up to 100x slower. Resuming stays bitwise exact
-    either way; the subprocesses get the same setting through `CHILD_ENV`.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -30,7 +30,7 @@ from nnh.func import (
     state_to_dict,
 )
 from nnh.stateful.enums import ModelType
-from tests._models import CHILD_ENV, CountingCallback, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from tests._models import CHILD_ENV, CountingCallback
 
 
 

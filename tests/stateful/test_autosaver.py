@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nnh import NNHandler
-from tests._models import CHILD_ENV, build_handler, one_thread, set_loaders  # noqa: F401  (one_thread: autouse fixture)
+from tests._models import CHILD_ENV, build_handler, set_loaders
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = dict(progress_bar=False)

@@ -18,7 +18,7 @@ from torch import nn
 import nnh
 from nnh import NNHandler
 from nnh.func.checkpoint import FORMAT_VERSION, CheckpointError
-from tests._models import (  # noqa: F401  (one_thread: autouse fixture)
+from tests._models import (
     CHILD_ENV,
     MLP,
     Activated,
@@ -30,7 +30,6 @@ from tests._models import (  # noqa: F401  (one_thread: autouse fixture)
     build_handler,
     scaled_cross_entropy,
     set_loaders,
-    one_thread,
 )
 
 QUIET = dict(progress_bar=False)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from nnh import NNHandler
-from tests._models import CHILD_ENV, build_handler, one_thread, set_loaders  # noqa: F401  (one_thread: autouse fixture)
+from tests._models import CHILD_ENV, build_handler, set_loaders
 
 TOTAL = 4
 KW = dict(use_amp=True, ema_decay=0.9, progress_bar=False)

@@ -20,15 +20,6 @@ import torch
 from nnh import MALA, DoubleWellModel, GaussianModel, HamiltonianMonteCarlo, HarmonicModel, LangevinDynamics
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    # These tests run many small ops. On a busy 2-core machine OpenMP's barrier waits made them
-    # up to 100x slower with 2 threads (measured: 30 s against 0.3 s), so they use one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 K = 5.0
 
 

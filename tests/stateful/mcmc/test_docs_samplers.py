@@ -3,19 +3,9 @@
 import pathlib
 import re
 
-import pytest
 import torch
 
 DOC = pathlib.Path(__file__).resolve().parents[3] / "docs" / "samplers.md"
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    # Many small ops: on a busy 2-core machine a second OpenMP thread costs far more than it gives.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_mcmc_examples_run(tmp_path, monkeypatch):

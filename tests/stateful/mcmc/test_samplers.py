@@ -19,16 +19,6 @@ from nnh import (
 from nnh.func.mcmc import init_chain_state, langevin_step
 from nnh.stateful.sampler import call_sampler_load
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    # These tests run many small ops. On a busy 2-core machine OpenMP's barrier waits made them
-    # up to 100x slower with 2 threads (measured: 30 s against 0.3 s), so they use one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ALL = [
     lambda m, **kw: LangevinDynamics(m, step_size=0.01, **kw),
     lambda m, **kw: MALA(m, step_size=0.01, **kw),
