@@ -13,13 +13,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nnh.func.train import batch_size_of, train_step
+from nnh.stateful._batches import Mean, len_or_none, to_device, unpack_batch
+from nnh.stateful._train_args import amp_dtype_of, check_train_args
 from nnh.stateful.enums import ModelType
 
 if TYPE_CHECKING:
     from nnh.stateful.handler import NNHandler
 
-_INPUT_KEYS = ("inputs", "input", "x")
-_TARGET_KEYS = ("targets", "target", "y", "labels", "label")
 _POSTFIX_EVERY_S = 0.5  # progress-bar refresh period: the only per-step host read of the loss
 
 
@@ -73,13 +73,13 @@ def train(handler: "NNHandler", epochs: int, validate_every: int = 1, gradient_a
     A callback stops training by setting `handler.stop_training = True`; it is checked after
     every training batch and at the end of every epoch.
     """
-    _check_train_args(handler, epochs, validate_every, gradient_accumulation_steps,
+    check_train_args(handler, epochs, validate_every, gradient_accumulation_steps,
                       gradient_clipping_norm, ema_decay, max_nonfinite_steps)
     if epochs == 0:
         return
     if seed is not None:
         handler.seed = seed
-    amp_dtype = _amp_dtype(use_amp, handler.device)
+    amp_dtype = amp_dtype_of(use_amp, handler.device)
     state = handler._require_state()
     if amp_dtype == torch.float16 and "scaler" not in state.keys():
         from nnh.func.train import init_train_state
@@ -113,8 +113,8 @@ def train(handler: "NNHandler", epochs: int, validate_every: int = 1, gradient_a
     _dispatch(handler, "on_train_end", logs)
 
 
-def _epoch_batches(handler: "NNHandler", epoch: int, loader: Any, loss_mean: "_Mean",
-                   metric_means: dict[str, "_Mean"]) -> tuple[Iterator[Any], int]:
+def _epoch_batches(handler: "NNHandler", epoch: int, loader: Any, loss_mean: "Mean",
+                   metric_means: dict[str, "Mean"]) -> tuple[Iterator[Any], int]:
     """The epoch's batch iterator and the index of its first batch.
 
     The RNG state at the epoch's start is kept (a shuffling loader draws its order from it
@@ -149,8 +149,8 @@ def _run_epoch(handler: "NNHandler", epoch: int, final_epoch: int, validate_ever
     validating = validate_every > 0 and (epoch + 1) % validate_every == 0
     if hasattr(getattr(loader, "sampler", None), "set_epoch"):
         loader.sampler.set_epoch(epoch)
-    n_train = _len_or_none(loader)
-    n_val = _len_or_none(handler.val_loader) if validating else 0
+    n_train = len_or_none(loader)
+    n_val = len_or_none(handler.val_loader) if validating else 0
     total = (n_train + n_val) if (joint_bar and n_train is not None and n_val is not None) else n_train
     bar = tqdm(total=total, desc=f"Epoch {epoch + 1}/{final_epoch}", disable=not progress_bar,
                leave=False, dynamic_ncols=True)
@@ -162,12 +162,12 @@ def _run_epoch(handler: "NNHandler", epoch: int, final_epoch: int, validate_ever
     forward = handler.model
     module, optimizer, state = handler.module, handler.optimizer, handler.train_state
     per_batch_scheduler = handler._scheduler is not None and handler._scheduler_spec[2] == "batch"
-    loss_mean, metric_means = _Mean(), {name: _Mean() for name in handler.metrics}
+    loss_mean, metric_means = Mean(), {name: Mean() for name in handler.metrics}
     nonfinite_run, last_refresh = 0, time.monotonic()
     ema = ema_decay if ema_decay > 0 else None
     batches, first = _epoch_batches(handler, epoch, loader, loss_mean, metric_means)
     for i, batch in enumerate(batches, start=first):
-        batch = _to_device(batch, handler.device)
+        batch = to_device(batch, handler.device)
         n = batch_size_of(batch)
         _dispatch(handler, "on_train_batch_begin", i, {"size": n})
         micro = i % k
@@ -245,13 +245,13 @@ def validate(handler: "NNHandler", compute_loss: Callable, amp_dtype: torch.dtyp
     """Sample-weighted validation loss and metrics, with the EMA weights when `apply_ema`."""
     loader = handler.val_loader
     _dispatch(handler, "on_val_begin", {})
-    loss_mean, metric_means = _Mean(), {name: _Mean() for name in handler.metrics}
+    loss_mean, metric_means = Mean(), {name: Mean() for name in handler.metrics}
     was_training = handler.module.training
     handler.module.eval()
     device_type = handler.device.type
     with ema_weights(handler, apply_ema):
         for i, batch in enumerate(loader):
-            batch = _to_device(batch, handler.device)
+            batch = to_device(batch, handler.device)
             n = batch_size_of(batch)
             _dispatch(handler, "on_val_batch_begin", i, {"size": n})
             with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -277,7 +277,7 @@ def predict(handler: "NNHandler", data_loader: Any, apply_ema: bool = True) -> l
     handler.module.eval()
     with ema_weights(handler, apply_ema):
         for batch in data_loader:
-            batch = _to_device(batch, handler.device)
+            batch = to_device(batch, handler.device)
             inputs, _, args, kwargs = unpack_batch(batch)
             out = handler.model(inputs, *args, **kwargs)
             outputs.append(out.detach() if isinstance(out, Tensor) else out)
@@ -307,29 +307,6 @@ def ema_weights(handler: "NNHandler", enabled: bool) -> Iterator[None]:
             torch._foreach_copy_(live, raw)
 
 
-def unpack_batch(batch: Any) -> tuple[Any, Any, tuple, dict]:
-    """Split a batch into (inputs, targets or None, extra positional args, extra kwargs).
-
-    A tensor is inputs alone; a tuple/list is (inputs, targets, *extra); a dict takes its
-    inputs from "inputs"/"input"/"x", its targets from "targets"/"target"/"y"/"labels"/"label",
-    and passes every other key to the model as a keyword argument.
-    """
-    if isinstance(batch, Tensor):
-        return batch, None, (), {}
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 0:
-            raise ValueError("NNHandler: got an empty batch; a batch is (inputs, targets, *extra) or a dict.")
-        return batch[0], (batch[1] if len(batch) > 1 else None), tuple(batch[2:]), {}
-    if isinstance(batch, dict):
-        key_in = next((k for k in _INPUT_KEYS if k in batch), None)
-        if key_in is None:
-            raise KeyError(f"NNHandler: a dict batch needs an inputs key, one of {_INPUT_KEYS}; got {sorted(batch)}.")
-        key_t = next((k for k in _TARGET_KEYS if k in batch), None)
-        extra = {k: v for k, v in batch.items() if k not in (key_in, key_t)}
-        return batch[key_in], (batch[key_t] if key_t else None), (), extra
-    raise TypeError(f"NNHandler: unsupported batch type {type(batch).__name__}; use a tensor, tuple or dict.")
-
-
 def _loss_closure(handler: "NNHandler", epoch: int) -> Callable[[Callable, Any], tuple[Tensor, Any]]:
     loss_fn = handler.loss_fn
     kwargs = dict(handler.loss_fn_kwargs)
@@ -354,7 +331,7 @@ def _loss_closure(handler: "NNHandler", epoch: int) -> Callable[[Callable, Any],
     return compute_loss
 
 
-def _add_metrics(handler: "NNHandler", means: dict[str, "_Mean"], output: Any, batch: Any, n: int) -> None:
+def _add_metrics(handler: "NNHandler", means: dict[str, "Mean"], output: Any, batch: Any, n: int) -> None:
     inputs, targets, _, _ = unpack_batch(batch)
     target = inputs if targets is None else targets
     for name, fn in handler.metrics.items():
@@ -382,95 +359,8 @@ def _record_history(handler: "NNHandler", logs: dict) -> None:
         handler.val_metrics_history.setdefault(name, []).append(logs.get(f"val_{name}", math.nan))
 
 
-class _Mean:
-    """Sample-weighted running mean; tensor values stay on their device until `result`."""
-
-    def __init__(self) -> None:
-        self.total: Any = 0.0
-        self.count = 0
-
-    def add(self, value: Any, n: int) -> None:
-        if isinstance(value, Tensor):
-            value = value.detach().float()
-        self.total = self.total + value * n
-        self.count += n
-
-    def state(self) -> dict[str, Any]:
-        total = self.total.detach().clone() if isinstance(self.total, Tensor) else float(self.total)
-        return {"total": total, "count": self.count}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.total, self.count = state["total"], state["count"]
-
-    def result(self) -> float:
-        if self.count == 0:
-            return math.nan
-        total = self.total.item() if isinstance(self.total, Tensor) else float(self.total)
-        return total / self.count
-
-
 def _dispatch(handler: "NNHandler", hook: str, *args: Any) -> None:
     for cb in handler.callbacks:
         method = getattr(cb, hook, None)
         if method is not None:
             method(*args)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _len_or_none(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
-
-
-def _amp_dtype(use_amp: bool | str | torch.dtype, device: torch.device) -> torch.dtype | None:
-    if use_amp is False or use_amp is None:
-        return None
-    if use_amp is True:
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    dtype = names.get(use_amp, use_amp) if isinstance(use_amp, str) else use_amp
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"train: use_amp={use_amp!r}; use True, False, 'bf16' or 'fp16'.")
-    return dtype
-
-
-def _check_train_args(handler: "NNHandler", epochs: Any, validate_every: Any, k: Any, clip: Any,
-                      ema_decay: Any, max_nonfinite: Any) -> None:
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"train: epochs={epochs!r} must be a non-negative int (0 does nothing).")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"train: gradient_accumulation_steps={k!r} must be an int >= 1 (1 = no accumulation).")
-    if not isinstance(validate_every, int) or validate_every < 0:
-        raise ValueError(f"train: validate_every={validate_every!r} must be an int >= 0 (0 = never validate).")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"train: gradient_clipping_norm={clip!r} must be > 0, or None for no clipping.")
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"train: ema_decay={ema_decay!r} must lie in [0, 1); 0 disables the EMA, e.g. 0.999.")
-    if not isinstance(max_nonfinite, int) or max_nonfinite < 1:
-        raise ValueError(f"train: max_nonfinite_steps={max_nonfinite!r} must be an int >= 1.")
-    if epochs == 0:
-        return
-    if handler.optimizer is None:
-        raise RuntimeError("train needs an optimizer: call handler.set_optimizer(torch.optim.Adam, lr=1e-3) first.")
-    if handler.loss_fn is None:
-        raise RuntimeError("train needs a loss: call handler.set_loss_fn(torch.nn.functional.cross_entropy) first.")
-    if handler.train_loader is None:
-        raise RuntimeError("train needs training data: call handler.set_train_loader(dataset, batch_size=...) first.")
-    if validate_every > 0 and handler.val_loader is None:
-        raise RuntimeError(
-            f"train: validate_every={validate_every} but no validation data; call "
-            "handler.set_val_loader(dataset, ...) or pass validate_every=0."
-        )
-    if handler.model_type is ModelType.SCORE_BASED:
-        raise NotImplementedError("train: score-based training (model_type='score_based') is not part of this nnh release.")

@@ -18,7 +18,7 @@ from nnh.func.train import init_train_state
 from nnh.stateful import _training
 from nnh.stateful._logging import make_logger
 from nnh.stateful._persistence import PersistenceMixin
-from nnh.stateful._plotting import history_figure, save_figure
+from nnh.stateful._reporting import ReportingMixin
 from nnh.stateful.enums import LoggingMode, ModelType
 from nnh.stateful.sampler import Sampler
 
@@ -27,7 +27,7 @@ __all__ = ["NNHandler"]
 _log = logging.getLogger("nnh")
 
 
-class NNHandler(PersistenceMixin):
+class NNHandler(PersistenceMixin, ReportingMixin):
     """Owns a model with its optimizer, scheduler, loss, data, training loop and history.
 
     Every piece of state lives on the instance: two handlers in one process share nothing.
@@ -469,45 +469,6 @@ class NNHandler(PersistenceMixin):
         if self._state is None:
             self._state = init_train_state(self.module, self._optimizer)
         return self._state
-
-    # ------------------------------------------------------------------ reporting
-    def plot_losses(self, log_y_scale: bool = False, save_path: str | None = None):
-        """Training and validation loss per epoch; saved as PNG when `save_path` is given.
-        Returns the matplotlib Figure."""
-        fig = history_figure("Loss", "loss", {"train": self.train_losses, "validation": self.val_losses}, log_y_scale)
-        if save_path is not None:
-            save_figure(fig, save_path)
-        return fig
-
-    def plot_metrics(self, log_y_scale: bool = False, save_path_prefix: str | None = None):
-        """One figure per metric (train and validation); with `save_path_prefix`, saved as
-        `{prefix}_{name}.png`. Returns {name: Figure}."""
-        figs = {}
-        for name in self._metrics:
-            series = {"train": self.train_metrics_history.get(name, []),
-                      "validation": self.val_metrics_history.get(name, [])}
-            figs[name] = history_figure(name, name, series, log_y_scale)
-            if save_path_prefix is not None:
-                save_figure(figs[name], f"{save_path_prefix}_{name}.png")
-        return figs
-
-    def print(self, show_model_structure: bool = False) -> str:
-        """A summary of the handler's configuration and history."""
-        lines = [
-            "NNHandler",
-            f"  model: {type(self.module).__name__} ({self.count_parameters()} trainable parameters)",
-            f"  model_type: {self._model_type.value}   device: {self._device}   seed: {self._seed}",
-            f"  optimizer: {type(self._optimizer).__name__ if self._optimizer else None}",
-            f"  scheduler: {type(self._scheduler).__name__ if self._scheduler else None}",
-            f"  loss_fn: {getattr(self._loss_fn, '__name__', type(self._loss_fn).__name__) if self._loss_fn else None}",
-            f"  metrics: {list(self._metrics)}   callbacks: {[type(c).__name__ for c in self._callbacks]}",
-            f"  epochs trained: {self._epoch}",
-        ]
-        if self.train_losses:
-            lines.append(f"  last train loss: {self.train_losses[-1]:.6g}   last val loss: {self.val_losses[-1]:.6g}")
-        if show_model_structure:
-            lines.append(str(self.module))
-        return "\n".join(lines)
 
     def _reset_history(self) -> None:
         self._history: dict[str, Any] = {
