@@ -1,5 +1,5 @@
-"""Batches and running means for the training loops: how a batch splits into inputs and
-targets, how it reaches the device, and sample-weighted epoch means."""
+"""Batches for the training loops: how a batch splits into inputs and targets, how it reaches
+the device, and the epoch sums that are read on the host once per progress-bar refresh."""
 
 from __future__ import annotations
 
@@ -36,31 +36,70 @@ def unpack_batch(batch: Any) -> tuple[Any, Any, tuple, dict]:
     raise TypeError(f"NNHandler: unsupported batch type {type(batch).__name__}; use a tensor, tuple or dict.")
 
 
-class Mean:
-    """Sample-weighted running mean; tensor values stay on their device until `result`."""
+class EpochSums:
+    """Sample-weighted sums of the loss and the metrics over an epoch.
 
-    def __init__(self) -> None:
-        self.total: Any = 0.0
+    `add` only keeps the batch's device tensors; `flush` reads everything added since the
+    last flush in one host transfer (the loop's only host read of the loss: once per
+    progress-bar refresh and at the epoch's end). A batch flagged non-finite counts in
+    neither the loss nor the metrics, and `flush` returns the indices of such batches.
+    """
+
+    def __init__(self, metric_names: Any = ()) -> None:
+        self.names = list(metric_names)
+        self.total = 0.0
         self.count = 0
+        self.metric_totals = {name: 0.0 for name in self.names}
+        self.metric_counts = {name: 0 for name in self.names}
+        self._pending: list[tuple[int, int, Tensor, Tensor | None, list[Any]]] = []
 
-    def add(self, value: Any, n: int) -> None:
-        if isinstance(value, Tensor):
-            value = value.detach().float()
-        self.total = self.total + value * n
-        self.count += n
+    def add(self, index: int, loss: Tensor, n: int, nonfinite: Tensor | None, metric_values: list[Any]) -> None:
+        self._pending.append((index, n, loss, nonfinite, metric_values))
+
+    def flush(self) -> list[tuple[int, bool]]:
+        """Fold the pending batches into the sums; return (index, non-finite) per batch, in order."""
+        if not self._pending:
+            return []
+        values = []
+        for _, _, loss, flag, metrics in self._pending:
+            values.append(loss.detach().float().reshape(()))
+            values.append(flag.float().reshape(()) if flag is not None else torch.zeros((), device=loss.device))
+            values.extend(torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach().reshape(())
+                          for v in metrics)
+        read = torch.stack(values).tolist()  # the host read
+        width = 2 + len(self.names)
+        flags = []
+        for j, (index, n, _, _, metrics) in enumerate(self._pending):
+            row = read[j * width:(j + 1) * width]
+            flags.append((index, bool(row[1])))
+            if row[1]:
+                continue
+            self.total += row[0] * n
+            self.count += n
+            for name, v in zip(self.names, row[2:2 + len(metrics)]):
+                self.metric_totals[name] += v * n
+                self.metric_counts[name] += n
+        self._pending = []
+        return flags
+
+    def loss(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+    def metric(self, name: str) -> float:
+        count = self.metric_counts[name]
+        return self.metric_totals[name] / count if count else math.nan
 
     def state(self) -> dict[str, Any]:
-        total = self.total.detach().clone() if isinstance(self.total, Tensor) else float(self.total)
-        return {"total": total, "count": self.count}
+        """The flushed sums, as plain values (a mid-epoch checkpoint keeps them)."""
+        return {"loss": {"total": self.total, "count": self.count},
+                "metrics": {name: {"total": self.metric_totals[name], "count": self.metric_counts[name]}
+                            for name in self.names}}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.total, self.count = state["total"], state["count"]
-
-    def result(self) -> float:
-        if self.count == 0:
-            return math.nan
-        total = self.total.item() if isinstance(self.total, Tensor) else float(self.total)
-        return total / self.count
+        self.total, self.count = float(state["loss"]["total"]), int(state["loss"]["count"])
+        for name, saved in state["metrics"].items():
+            if name in self.metric_totals:
+                self.metric_totals[name], self.metric_counts[name] = float(saved["total"]), int(saved["count"])
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -1,25 +1,37 @@
-"""`NNHandler`: one object that owns a model's whole life."""
+"""`NNHandler`: one object that owns a model's whole life.
+
+The handler is the seed API (constructor, `set_*`, properties) over explicit parts
+(`nnh.stateful.parts`); `train` checks its arguments once (`TrainConfig`) and calls the loop
+(`nnh.stateful.loop.fit`), which works on the parts and never on the handler.
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import random
+import os
+import warnings
 from typing import Any, Callable
 
-import numpy as np
 import torch
+from matplotlib.figure import Figure
 from tensordict import TensorDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nnh.func.ema import init_ema
-from nnh.func.train import init_train_state
-from nnh.stateful import _training
+from nnh.func.checkpoint import atomic_save
+from nnh.stateful import checkpoint, loop, reporting
 from nnh.stateful._logging import make_logger
-from nnh.stateful._persistence import PersistenceMixin
-from nnh.stateful._reporting import ReportingMixin
+from nnh.stateful.autosave import AutoSaver, check_name
+from nnh.stateful.compiled import StepRunner
+from nnh.stateful.config import MissingValidationDataError, TrainConfig
+from nnh.stateful.data import build_loader
 from nnh.stateful.enums import LoggingMode, ModelType
+from nnh.stateful.objective import make_objective
+from nnh.stateful.parts import History, ModelPart, Optimization, Parts, Progress
+from nnh.stateful.preemption import Preemption
+from nnh.stateful.rng import seed_everything
+from nnh.stateful.runtime import Runtime
 from nnh.stateful.sampler import Sampler
 
 __all__ = ["NNHandler"]
@@ -27,123 +39,101 @@ __all__ = ["NNHandler"]
 _log = logging.getLogger("nnh")
 
 
-class NNHandler(PersistenceMixin, ReportingMixin):
+class NNHandler:
     """Owns a model with its optimizer, scheduler, loss, data, training loop and history.
 
-    Every piece of state lives on the instance: two handlers in one process share nothing.
+    Every piece of state lives on the instance, in its parts (`handler.parts`): two handlers
+    in one process share nothing.
     """
 
     ModelType = ModelType
     LoggingMode = LoggingMode
 
-    def __init__(
-        self,
-        model_class: type[nn.Module],
-        device: torch.device | str = "cpu",
-        logger_mode: LoggingMode | str | None = None,
-        logger_filename: str = "NNHandler.log",
-        logger_level: int = logging.INFO,
-        save_model_code: bool = False,
-        model_type: ModelType | str = ModelType.CLASSIFICATION,
-        use_distributed: bool | None = None,
-        **model_kwargs: Any,
-    ) -> None:
+    def __init__(self, model_class: type[nn.Module], device: torch.device | str = "cpu",
+                 logger_mode: LoggingMode | str | None = None, logger_filename: str = "NNHandler.log",
+                 logger_level: int = logging.INFO, save_model_code: bool = False,
+                 model_type: ModelType | str = ModelType.CLASSIFICATION, use_distributed: bool | None = None,
+                 **model_kwargs: Any) -> None:
         if use_distributed:
             raise NotImplementedError(
                 "NNHandler(use_distributed=True): distributed training is not part of this "
                 "nnh release; run without use_distributed (one process)."
             )
-        self._device = torch.device(device)
-        # One process: rank 0 of a world of 1 (the distributed issue extends this).
-        self._rank = 0
-        self._world_size = 1
+        self._runtime = Runtime(torch.device(device))
         self._logger = make_logger(logger_mode, logger_filename, logger_level)
-        self._seed: int | None = None
-        self._model: nn.Module | None = None
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._optimizer_spec: tuple[type, dict] | None = None
-        self._scheduler: Any = None
-        self._scheduler_spec: tuple[type, dict, str] | None = None
+        self._model_type = ModelType.from_string(model_type)
+        self._parts: Parts | None = None
+        self._optimization = Optimization()
+        self._progress = Progress()
+        self._history = History()
         self._loss_fn: Callable | None = None
-        self._loss_accepts_epoch = False
-        self._pass_epoch_to_loss = False
         self._loss_fn_kwargs: dict[str, Any] = {}
-        self._train_loader: DataLoader | None = None
-        self._val_loader: DataLoader | None = None
-        self._loader_specs: dict[str, dict] = {}
+        self._pass_epoch_to_loss = False
+        self._objective: Any = None
+        self._loaders: dict[str, tuple[Any, dict]] = {}
         self._metrics: dict[str, Callable] = {}
         self._callbacks: list[Any] = []
         self._sde: Any = None
         self._sampler: Sampler | None = None
-        self._sampler_spec: tuple[type, dict] | None = None
-        self._keep_eval: list[nn.Module] = []
-        self._state: TensorDict | None = None
-        self._epoch = 0
-        self.stop_training = False
-        self._init_persistence()
-        self._reset_history()
-        self.set_model(model_class, save_model_code=save_model_code, model_type=model_type, **model_kwargs)
+        self._autosaver = AutoSaver()
+        self._preemption = Preemption()
+        self._steps = StepRunner()
+        self.set_model(model_class, save_model_code=save_model_code, **model_kwargs)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def seed(self) -> int | None:
-        return self._seed
-
-    @seed.setter
-    def seed(self, value: int | None) -> None:
-        """Seed torch (CPU and CUDA), Python's `random` and NumPy."""
-        if value is None:
-            self._seed = None
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"seed={value!r} must be a non-negative int, e.g. handler.seed = 42.")
-        self._seed = value
-        torch.manual_seed(value)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(value)
-        random.seed(value)
-        np.random.seed(value % 2**32)
-
-    @property
-    def logger(self) -> logging.Logger | None:
-        return self._logger
-
-    @property
-    def model(self) -> nn.Module | None:
-        """The model as run (possibly a `torch.compile` wrapper); see `module`."""
-        return self._model
+    device = property(lambda self: self._runtime.device)
+    runtime = property(lambda self: self._runtime, doc="Device, rank and world size of this process.")
+    _rank = property(lambda self: self._runtime.rank)
+    parts = property(lambda self: self._parts, doc="The model, optimization, progress and history parts.")
+    logger = property(lambda self: self._logger)
+    model = property(lambda self: self._parts.model.forward, doc="The model as run (maybe a torch.compile wrapper).")
+    model_type = property(lambda self: self._model_type)
+    optimizer = property(lambda self: self._optimization.optimizer)
+    scheduler = property(lambda self: self._optimization.scheduler)
+    loss_fn = property(lambda self: self._loss_fn)
+    train_loader = property(lambda self: self._loaders.get("train", (None,))[0])
+    val_loader = property(lambda self: self._loaders.get("val", (None,))[0])
+    loader_specs = property(lambda self: dict(self._loaders), doc="{which: (loader, the kwargs it was built with)}.")
+    metrics = property(lambda self: self._metrics)
+    callbacks = property(lambda self: self._callbacks)
+    autosaver = property(lambda self: self._autosaver)
+    preemption = property(lambda self: self._preemption)
+    sampler_spec = property(lambda self: None if self._sampler is None else (type(self._sampler), dict(self._sampler.init_kwargs)))
+    train_losses = property(lambda self: self._history.train_losses)
+    val_losses = property(lambda self: self._history.val_losses)
+    train_metrics_history = property(lambda self: self._history.train_metrics)
+    val_metrics_history = property(lambda self: self._history.val_metrics)
+    epoch = property(lambda self: self._progress.epoch, doc="Epochs trained so far (a second `train` continues here).")
+    train_state = property(lambda self: self._optimization.state,
+                           doc="The `nnh.func` train state (params, buffers, optimizer state, EMA, counters).")
+    sde = property(lambda self: self._sde, lambda self, value: setattr(self, "_sde", value))
 
     @property
     def module(self) -> nn.Module:
         """The plain `nn.Module`, unwrapped from `torch.compile`, DDP or DataParallel."""
-        m = self._model
-        while True:
-            if hasattr(m, "_orig_mod"):
-                m = m._orig_mod
-            elif isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-                m = m.module
-            else:
-                return m
+        return self._parts.model.module
 
     @property
-    def model_type(self) -> ModelType:
-        return self._model_type
+    def seed(self) -> int | None:
+        return self._progress.seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        """Seed torch (CPU and CUDA), Python's `random` and NumPy."""
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"seed={value!r} must be a non-negative int, e.g. handler.seed = 42.")
+            seed_everything(value)
+        self._progress.seed = value
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer | None:
-        return self._optimizer
+    def stop_training(self) -> bool:
+        """Set True (e.g. from a callback) to end `train` after the current batch or epoch."""
+        return self._progress.stop_training
 
-    @property
-    def scheduler(self) -> Any:
-        return self._scheduler
-
-    @property
-    def loss_fn(self) -> Callable | None:
-        return self._loss_fn
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        self._progress.stop_training = bool(value)
 
     @property
     def pass_epoch_to_loss(self) -> bool:
@@ -151,7 +141,7 @@ class NNHandler(PersistenceMixin, ReportingMixin):
 
     @pass_epoch_to_loss.setter
     def pass_epoch_to_loss(self, value: bool) -> None:
-        self._pass_epoch_to_loss = bool(value)
+        self._pass_epoch_to_loss, self._objective = bool(value), None
 
     @property
     def loss_fn_kwargs(self) -> dict[str, Any]:
@@ -161,31 +151,7 @@ class NNHandler(PersistenceMixin, ReportingMixin):
     def loss_fn_kwargs(self, value: dict[str, Any]) -> None:
         if not isinstance(value, dict):
             raise TypeError(f"loss_fn_kwargs must be a dict, got {type(value).__name__}.")
-        self._loss_fn_kwargs = dict(value)
-
-    @property
-    def train_loader(self) -> DataLoader | None:
-        return self._train_loader
-
-    @property
-    def val_loader(self) -> DataLoader | None:
-        return self._val_loader
-
-    @property
-    def metrics(self) -> dict[str, Callable]:
-        return self._metrics
-
-    @property
-    def callbacks(self) -> list[Any]:
-        return self._callbacks
-
-    @property
-    def sde(self) -> Any:
-        return self._sde
-
-    @sde.setter
-    def sde(self, value: Any) -> None:
-        self._sde = value
+        self._loss_fn_kwargs, self._objective = dict(value), None
 
     @property
     def sampler(self) -> Sampler | None:
@@ -196,116 +162,54 @@ class NNHandler(PersistenceMixin, ReportingMixin):
         if value is not None and not isinstance(value, Sampler):
             raise TypeError(f"sampler must be an nnh.Sampler instance or None, got {type(value).__name__}.")
         self._sampler = value
-        self._sampler_spec = None if value is None else (type(value), dict(value.init_kwargs))
-
-    @property
-    def train_losses(self) -> list[float]:
-        return self._history["train_losses"]
-
-    @property
-    def val_losses(self) -> list[float]:
-        return self._history["val_losses"]
-
-    @property
-    def train_metrics_history(self) -> dict[str, list[float]]:
-        return self._history["train_metrics"]
-
-    @property
-    def val_metrics_history(self) -> dict[str, list[float]]:
-        return self._history["val_metrics"]
-
-    @property
-    def epoch(self) -> int:
-        """Epochs trained so far (a second `train` call continues from here)."""
-        return self._epoch
-
-    @property
-    def train_state(self) -> TensorDict | None:
-        """The `nnh.func` train state (params, buffers, optimizer state, EMA, counters)."""
-        return self._state
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: say where the attribute may live instead.
-        if name.startswith("__") or name.startswith("_"):
+        if name.startswith("_"):
             raise AttributeError(name)
-        raise AttributeError(
-            f"'NNHandler' object has no attribute {name!r}. Attributes of the model itself are "
-            f"on handler.module (e.g. handler.module.{name})."
-        )
+        raise AttributeError(f"'NNHandler' object has no attribute {name!r}. Attributes of the model itself are "
+                             f"on handler.module (e.g. handler.module.{name}).")
 
     # ------------------------------------------------------------------ configuration
-    def set_model(
-        self,
-        model_class: type[nn.Module],
-        save_model_code: bool = False,
-        model_type: ModelType | str | None = None,
-        **model_kwargs: Any,
-    ) -> None:
+    def set_model(self, model_class: type[nn.Module], save_model_code: bool = False,
+                  model_type: ModelType | str | None = None, **model_kwargs: Any) -> None:
         """Build `model_class(**model_kwargs)` on the handler's device. Replacing the model
         drops the optimizer state, scheduler, EMA and history that belonged to the old one."""
         if not (inspect.isclass(model_class) and issubclass(model_class, nn.Module)):
-            raise TypeError(
-                f"model_class must be an nn.Module subclass, got {model_class!r}; pass the class "
-                "itself, e.g. NNHandler(MyNet, hidden=64)."
-            )
-        if model_type is not None or not hasattr(self, "_model_type"):
-            self._model_type = ModelType.from_string(model_type or ModelType.CLASSIFICATION)
+            raise TypeError(f"model_class must be an nn.Module subclass, got {model_class!r}; pass the class "
+                            "itself, e.g. NNHandler(MyNet, hidden=64).")
         if "model_kwargs" in model_kwargs and isinstance(model_kwargs["model_kwargs"], dict):
             # Accept NNHandler(Net, model_kwargs={...}) as well as NNHandler(Net, **kwargs).
             model_kwargs = {**model_kwargs.pop("model_kwargs"), **model_kwargs}
-        self._model_class = model_class
-        self._model_kwargs = dict(model_kwargs)
-        self._save_model_code = bool(save_model_code)
-        self._model = model_class(**model_kwargs).to(self._device)
-        self._state = None
-        self._keep_eval = []
-        if self._optimizer_spec is not None:
-            cls, kwargs = self._optimizer_spec
-            self.set_optimizer(cls, **kwargs)
-        self._reset_history()
-        self._epoch = 0
+        module = model_class(**model_kwargs).to(self.device)
+        if model_type is not None:
+            self._model_type = ModelType.from_string(model_type)
+        part = ModelPart(module, model_class, model_kwargs)
+        part.save_code = bool(save_model_code)
+        self._parts = Parts(part, self._optimization, self._progress, self._history)
+        self._optimization.state = None
+        self._objective = None
+        self._steps = StepRunner()
+        if self._optimization.optimizer_spec is not None:
+            self.set_optimizer(*self._optimization.optimizer_spec[:1], **self._optimization.optimizer_spec[1])
+        self._history.reset(self._metrics)
+        self._progress.epoch = 0
 
     def set_optimizer(self, optimizer_class: type[torch.optim.Optimizer], **optimizer_kwargs: Any) -> None:
         """Build `optimizer_class(handler.module.parameters(), **optimizer_kwargs)`."""
         if not (inspect.isclass(optimizer_class) and issubclass(optimizer_class, torch.optim.Optimizer)):
-            raise TypeError(
-                f"optimizer_class must be a torch.optim.Optimizer subclass, got {optimizer_class!r}; "
-                "e.g. handler.set_optimizer(torch.optim.AdamW, lr=1e-3)."
-            )
-        self._build_optimizer(optimizer_class, optimizer_kwargs)
-        ema = self._state.get("ema", None) if self._state is not None else None
-        self._state = init_train_state(self.module, self._optimizer)
-        if ema is not None:
-            self._state["ema"] = ema
-        if self._scheduler_spec is not None:
-            cls, kwargs, interval = self._scheduler_spec
-            self.set_scheduler(cls, interval=interval, **kwargs)
-
-    def _build_optimizer(self, optimizer_class: type[torch.optim.Optimizer], optimizer_kwargs: dict) -> None:
-        # The optimizer alone, without its state tensors: `load` fills those from the file
-        # (creating zeroed Adam state first would cost a full pass over memory for nothing).
-        self._optimizer = optimizer_class(self.module.parameters(), **optimizer_kwargs)
-        self._optimizer_spec = (optimizer_class, dict(optimizer_kwargs))
+            raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass, got {optimizer_class!r}; "
+                            "e.g. handler.set_optimizer(torch.optim.AdamW, lr=1e-3).")
+        self._optimization.set_optimizer(self.module, optimizer_class, optimizer_kwargs)
 
     def set_scheduler(self, scheduler_class: type | None, interval: str = "epoch", **scheduler_kwargs: Any) -> None:
         """Attach an LR scheduler to the optimizer, or remove it with None.
 
         It steps once per epoch (`ReduceLROnPlateau` on the epoch's validation loss, or the
-        training loss when there is no validation), or after every optimizer update with
-        `interval="batch"`.
+        training loss when there is no validation), or after every accumulation window
+        (skipped or not) with `interval="batch"`.
         """
-        if scheduler_class is None:
-            self._scheduler = None
-            self._scheduler_spec = None
-            return
-        if self._optimizer is None:
-            raise RuntimeError(
-                "set_scheduler needs an optimizer to act on; call handler.set_optimizer(...) first."
-            )
-        if interval not in ("epoch", "batch"):
-            raise ValueError(f"set_scheduler: interval={interval!r} must be 'epoch' or 'batch'.")
-        self._scheduler = scheduler_class(self._optimizer, **scheduler_kwargs)
-        self._scheduler_spec = (scheduler_class, dict(scheduler_kwargs), interval)
+        self._optimization.set_scheduler(scheduler_class, scheduler_kwargs, interval)
 
     def set_loss_fn(self, loss_fn: Callable, pass_epoch_to_loss: bool = False, **kwargs: Any) -> None:
         """Set `loss_fn(output, targets, **kwargs)`; with `pass_epoch_to_loss`, the 0-based
@@ -313,33 +217,29 @@ class NNHandler(PersistenceMixin, ReportingMixin):
         its first element."""
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {loss_fn!r}.")
-        self._loss_fn = loss_fn
-        self._pass_epoch_to_loss = bool(pass_epoch_to_loss)
-        self._loss_fn_kwargs = dict(kwargs)
-        self._loss_accepts_epoch = _accepts_kwarg(loss_fn, "epoch")
+        self._loss_fn, self._pass_epoch_to_loss, self._loss_fn_kwargs = loss_fn, bool(pass_epoch_to_loss), dict(kwargs)
+        self._objective = None
 
     def set_train_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
-        """Training data: a Dataset (wrapped in `DataLoader(dataset, **loader_kwargs)`) or a
-        ready DataLoader."""
-        self._train_loader = self._make_loader("train", dataset, loader_kwargs)
+        """Training data: a Dataset (wrapped in `DataLoader(dataset, **loader_kwargs)`, fetching
+        whole batches at once where the dataset allows, see `nnh.stateful.data`) or a ready
+        DataLoader."""
+        self._loaders["train"] = (self._make_loader("train", dataset, loader_kwargs), dict(loader_kwargs))
 
     def set_val_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
         """Validation data, as `set_train_loader`."""
-        self._val_loader = self._make_loader("val", dataset, loader_kwargs)
+        self._loaders["val"] = (self._make_loader("val", dataset, loader_kwargs), dict(loader_kwargs))
 
-    def _make_loader(self, which: str, dataset: Any, loader_kwargs: dict) -> DataLoader:
+    @staticmethod
+    def _make_loader(which: str, dataset: Any, loader_kwargs: dict) -> DataLoader:
         if isinstance(dataset, DataLoader):
             if loader_kwargs:
-                raise ValueError(
-                    f"set_{which}_loader got a ready DataLoader and loader kwargs {sorted(loader_kwargs)}; "
-                    "pass either a Dataset with kwargs or the DataLoader alone."
-                )
-            self._loader_specs[which] = {}
+                raise ValueError(f"set_{which}_loader got a ready DataLoader and loader kwargs {sorted(loader_kwargs)}; "
+                                 "pass either a Dataset with kwargs or the DataLoader alone.")
             return dataset
         if not hasattr(dataset, "__getitem__") and not hasattr(dataset, "__iter__"):
             raise TypeError(f"set_{which}_loader expects a Dataset or DataLoader, got {type(dataset).__name__}.")
-        self._loader_specs[which] = dict(loader_kwargs)
-        return DataLoader(dataset, **loader_kwargs)
+        return build_loader(dataset, **loader_kwargs)
 
     def add_metric(self, name: str, metric_fn: Callable) -> None:
         """Track `metric_fn(output, targets) -> number` per epoch (sample-weighted mean)."""
@@ -348,8 +248,7 @@ class NNHandler(PersistenceMixin, ReportingMixin):
         if not callable(metric_fn):
             raise TypeError(f"add_metric: metric_fn for {name!r} must be callable.")
         self._metrics[name] = metric_fn
-        self._history["train_metrics"].setdefault(name, [float("nan")] * len(self.train_losses))
-        self._history["val_metrics"].setdefault(name, [float("nan")] * len(self.val_losses))
+        self._history.add_metric(name)
 
     def clear_metrics(self) -> None:
         self._metrics.clear()
@@ -376,9 +275,7 @@ class NNHandler(PersistenceMixin, ReportingMixin):
             self.sampler = sampler_class
             return
         if not (inspect.isclass(sampler_class) and issubclass(sampler_class, Sampler)):
-            raise TypeError(
-                f"set_sampler expects an nnh.Sampler subclass or instance, got {sampler_class!r}."
-            )
+            raise TypeError(f"set_sampler expects an nnh.Sampler subclass or instance, got {sampler_class!r}.")
         self.sampler = sampler_class(**sampler_kwargs)
 
     def get_samples(self, N: int, device: torch.device | str | None = None) -> Any:
@@ -387,9 +284,9 @@ class NNHandler(PersistenceMixin, ReportingMixin):
             raise RuntimeError("get_samples needs a sampler; call handler.set_sampler(...) first.")
         if not isinstance(N, int) or isinstance(N, bool) or N <= 0:
             raise ValueError(f"get_samples: N={N!r} must be a positive int.")
-        if self._rank != 0:
+        if not self._runtime.is_main:
             return None  # sampling runs on rank 0 only
-        return self._sampler.sample(N, torch.device(device) if device is not None else self._device)
+        return self._sampler.sample(N, torch.device(device) if device is not None else self.device)
 
     def sample(self, *args: Any, N: int | None = None, **kwargs: Any) -> Any:
         """`handler.sample(N=16)` draws from the custom sampler when no SDE is set."""
@@ -406,40 +303,104 @@ class NNHandler(PersistenceMixin, ReportingMixin):
               use_amp: bool | str | torch.dtype = False, gradient_clipping_norm: float | None = None,
               ema_decay: float = 0.0, seed: int | None = None, progress_bar: bool = True,
               debug_print_interval: int | None = None, save_on_last_epoch: bool = True,
-              epoch_train_and_val_pbar: bool = False, max_nonfinite_steps: int = 10) -> None:
-        return _training.train(**{k: v for k, v in locals().items() if k != "self"}, handler=self)
+              epoch_train_and_val_pbar: bool = False, max_nonfinite_steps: int = 10,
+              compile: bool = False) -> None:
+        """Train for `epochs` more epochs (a second call continues the epoch count).
 
-    train.__doc__ = _training.train.__doc__
+        Args:
+            epochs: epochs to run; 0 does nothing.
+            validate_every: validate every this many epochs (0: never); skipped epochs get NaN.
+            gradient_accumulation_steps: micro-batches per update; a short last window still
+                updates. Gradients are sample-weighted (see `nnh.func.train_step`).
+            use_amp: False, True (bf16 on CPU, fp16 with a loss scaler on CUDA), "bf16"/"fp16".
+            gradient_clipping_norm: clip the global gradient norm to this value.
+            ema_decay: > 0 keeps an EMA of the weights (across `train` calls), used for
+                validation and `predict`; the raw weights are never overwritten.
+            seed: seeds torch, CUDA, `random` and NumPy when the run starts (epoch 0 with no
+                resume point). A resumed run (a loaded checkpoint, a later `train` call)
+                keeps its RNG streams, so a job script may pass the same seed on every start;
+                a different seed there is ignored with a warning.
+            progress_bar: a tqdm bar per epoch with the running loss.
+            debug_print_interval: log the running loss every this many batches.
+            save_on_last_epoch: auto-save at the last epoch of this call (see `auto_save`).
+            epoch_train_and_val_pbar: one bar per epoch covering training and validation.
+            max_nonfinite_steps: a non-finite loss skips its window's update (a warning names
+                the batch); this many in a row raise a RuntimeError.
+            compile: run the whole step (forward, backward, optimizer update, EMA) as one
+                `torch.compile(fullgraph=True)` graph, compiled once per handler and reused
+                across epochs and calls; see `nnh.stateful.compiled`.
+
+        The hook order is spelled out in `nnh.stateful.loop.fit`.
+        """
+        config = TrainConfig(epochs, validate_every, gradient_accumulation_steps, use_amp, gradient_clipping_norm,
+                             ema_decay, seed, progress_bar, debug_print_interval, save_on_last_epoch,
+                             epoch_train_and_val_pbar, max_nonfinite_steps, compile)
+        amp_dtype = config.amp_dtype(self.device)
+        if epochs == 0:
+            return
+        self._check_ready(config)
+        self._apply_seed(seed)
+        opt, module = self._optimization, self.module
+        opt.require_state(module)
+        if amp_dtype == torch.float16:
+            opt.ensure_scaler(module)
+        if ema_decay > 0:
+            opt.ensure_ema(module)
+        run = loop.Fit(objective=self._objective, train_loader=self.train_loader, val_loader=self.val_loader,
+                       metrics=self._metrics, callbacks=self._callbacks, runtime=self._runtime,
+                       autosaver=self._autosaver, preemption=self._preemption, save=self.save, log=self._info,
+                       step=self._steps.step_fn(compile, opt.optimizer))
+        loop.fit(self._parts, config, run)
+
+    def _check_ready(self, config: TrainConfig) -> None:
+        if self.optimizer is None:
+            raise RuntimeError("train needs an optimizer: call handler.set_optimizer(torch.optim.Adam, lr=1e-3) first.")
+        if self._loss_fn is None:
+            raise RuntimeError("train needs a loss: call handler.set_loss_fn(torch.nn.functional.cross_entropy) first.")
+        if self.train_loader is None:
+            raise RuntimeError("train needs training data: call handler.set_train_loader(dataset, batch_size=...) first.")
+        if config.validate_every > 0 and self.val_loader is None:
+            raise MissingValidationDataError(
+                f"train: validate_every={config.validate_every} but no validation data; call "
+                "handler.set_val_loader(dataset, ...) or pass validate_every=0.")
+        if self._objective is None:
+            pass_epoch = self._pass_epoch_to_loss and _accepts_kwarg(self._loss_fn, "epoch")
+            self._objective = make_objective(self._model_type, self._loss_fn, self._loss_fn_kwargs, pass_epoch)
+
+    def _apply_seed(self, seed: int | None) -> None:
+        if seed is None:
+            return
+        if self._progress.epoch == 0 and self._progress.resume is None:
+            self.seed = seed
+        elif seed != self._progress.seed:
+            warnings.warn(f"train: seed={seed} ignored; this run resumes at epoch {self._progress.epoch} and keeps "
+                          f"its RNG streams (started with seed {self._progress.seed}), so it continues exactly. "
+                          "Pass the seed the run started with, or none.", UserWarning, stacklevel=3)
 
     def eval(self, activate: bool = True, log: bool = True) -> None:
         """Put the model in eval mode (`activate=True`) or train mode; modules registered with
         `keep_eval_on_module` stay in eval mode either way."""
-        self.module.train(not activate)
-        self._apply_keep_eval()
+        self._parts.model.set_mode(not activate)
         if log:
             self._info(f"Model set to {'eval' if activate else 'train'} mode.")
 
     def predict(self, data_loader: DataLoader, apply_ema: bool = True) -> list[Any]:
         """Per-batch model outputs (detached) over `data_loader`, with the EMA weights when
         `apply_ema` and an EMA exists. The raw weights are restored afterwards."""
-        return _training.predict(self, data_loader, apply_ema)
+        return loop.predict(self._parts, data_loader, self.device, apply_ema)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._model(*args, **kwargs)
+        return self.model(*args, **kwargs)
 
     def keep_eval_on_module(self, module: nn.Module, activate: bool = True) -> None:
         """Keep `module` in eval mode (e.g. frozen BatchNorm statistics) even during training;
         `activate=False` unregisters it."""
         if not isinstance(module, nn.Module):
             raise TypeError(f"keep_eval_on_module expects an nn.Module, got {type(module).__name__}.")
-        self._keep_eval = [m for m in self._keep_eval if m is not module]
+        part = self._parts.model
+        part.keep_eval = [m for m in part.keep_eval if m is not module] + ([module] if activate else [])
         if activate:
-            self._keep_eval.append(module)
             module.eval()
-
-    def _apply_keep_eval(self) -> None:
-        for m in self._keep_eval:
-            m.eval()
 
     def freeze_module(self, module: nn.Module, verbose: bool = False) -> None:
         """Set `requires_grad=False` on every parameter of `module`."""
@@ -454,28 +415,107 @@ class NNHandler(PersistenceMixin, ReportingMixin):
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad or not trainable_only)
 
     def compile_model(self, **kwargs: Any) -> None:
-        """Run the model through `torch.compile(**kwargs)`. `handler.module` and state_dict
-        keys stay those of the plain module."""
-        self._model = torch.compile(self.module, **kwargs)
+        """Run the model's forward through `torch.compile(**kwargs)`. `handler.module` and
+        state_dict keys stay those of the plain module. `train(compile=True)` compiles the
+        whole step instead."""
+        self._parts.model.forward = torch.compile(self.module, **kwargs)
 
     def ensure_ema(self) -> TensorDict:
         """The EMA weights, created from the current weights if there are none yet."""
-        state = self._require_state()
-        if "ema" not in state.keys():
-            state["ema"] = init_ema(self.module)
-        return state["ema"]
+        return self._optimization.ensure_ema(self.module)
 
-    def _require_state(self) -> TensorDict:
-        if self._state is None:
-            self._state = init_train_state(self.module, self._optimizer)
-        return self._state
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the complete handler state to `path`, atomically (see `nnh.func.atomic_save`).
 
-    def _reset_history(self) -> None:
-        self._history: dict[str, Any] = {
-            "train_losses": [], "val_losses": [],
-            "train_metrics": {name: [] for name in getattr(self, "_metrics", {})},
-            "val_metrics": {name: [] for name in getattr(self, "_metrics", {})},
-        }
+        The file holds tensors and plain values only (`torch.load(weights_only=True)` reads
+        it). Classes and functions are stored as import paths; one that cannot be imported
+        again (a lambda, a class from ``__main__``) is recorded by name with a warning, and
+        `NNHandler.load` then needs it passed in.
+        """
+        atomic_save(checkpoint.handler_checkpoint(self), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None, strict_load: bool = False,
+             skip_optimizer: bool = False, skip_scheduler: bool = False, skip_history: bool = False,
+             skip_callbacks: bool = False, skip_sampler_sde: bool = False, skip_ema: bool = False,
+             **provided: Any) -> "NNHandler":
+        """Rebuild a handler from a file written by `save`.
+
+        Objects the checkpoint recorded by name only are passed in by keyword: `model_class`,
+        `loss_fn`, `optimizer_class`, `scheduler_class`, `sampler_class`, `sde`, `sampler` (a
+        ready instance), `metrics` ({name: fn}), `model_kwargs` / `optimizer_kwargs` /
+        `scheduler_kwargs` / `loss_fn_kwargs` / `sampler_kwargs` ({name: value}, replacing or
+        adding single constructor arguments), `callbacks` (a list, replacing the saved ones).
+        Whatever is missing is reported, naming the keyword, before anything is built.
+
+        With `strict_load=False`, missing or unexpected weight keys are listed in a warning
+        (and the optimizer state then needs `skip_optimizer=True`); weights of another shape,
+        or none that fit, always raise. `skip_optimizer` also skips the scheduler.
+
+        Data loaders are not part of a checkpoint: set them again with `set_train_loader` /
+        `set_val_loader`. Then `train(total - handler.epoch)` continues exactly, also from a
+        mid-epoch preemption checkpoint (a `seed=` passed again is ignored: see `train`).
+        """
+        return checkpoint.load_handler(cls, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history,
+                                       skip_callbacks, skip_sampler_sde, skip_ema, **provided)
+
+    @classmethod
+    def initialize_from_checkpoint(cls, checkpoint_path: str | os.PathLike, model_class: type, model_type: Any = None,
+                                   device: str | torch.device | None = None, strict_load: bool = True,
+                                   **model_kwargs: Any) -> "NNHandler":
+        """A new handler with only the model weights of a checkpoint: a full handler
+        checkpoint or a plain state_dict, also one saved from a DDP-wrapped or
+        `torch.compile`d model (the `module.` and `_orig_mod.` prefixes are stripped)."""
+        return checkpoint.weights_handler(cls, checkpoint_path, model_class, model_type, device, strict_load,
+                                          **model_kwargs)
+
+    def auto_save(self, interval: int | None, save_path: str = ".", name: str = "model_epoch{epoch:02d}",
+                  overwrite: bool = False) -> None:
+        """Save the whole handler during `train`: see `nnh.stateful.autosave.AutoSaver`
+        (e.g. ``name="ckpt_{epoch:03d}_{val_loss:.3f}"``)."""
+        self._autosaver.configure(interval, save_path, name, overwrite, self._log_keys(), self._float_keys())
+
+    def _log_keys(self) -> set[str]:
+        keys = {"epoch", "loss", "val_loss", "lr", *self._metrics, *(f"val_{m}" for m in self._metrics)}
+        for cb in self._callbacks:
+            keys |= set(getattr(cb, "log_keys", ()))
+        return keys
+
+    def _float_keys(self) -> set[str]:
+        return {"loss", "val_loss", "lr", *self._metrics, *(f"val_{m}" for m in self._metrics)}
+
+    def _set_name(self, name: str) -> None:
+        check_name(name, self._log_keys(), self._float_keys())
+        self._autosaver.name = name
+
+    save_interval = property(lambda self: self._autosaver.interval,
+                             lambda self, v: self.auto_save(v, self.save_path, self.save_model_name, self.overwrite_last_saved))
+    save_path = property(lambda self: self._autosaver.save_path,
+                         lambda self, v: setattr(self._autosaver, "save_path", os.fspath(v)))
+    save_model_name = property(lambda self: self._autosaver.name, _set_name)
+    overwrite_last_saved = property(lambda self: self._autosaver.overwrite,
+                                    lambda self, v: setattr(self._autosaver, "overwrite", bool(v)))
+
+    def set_preemption_checkpoint(self, path: str | None) -> None:
+        """Where `train` saves when SIGTERM or SIGUSR1 arrives (default: `preempted.pth` in the
+        auto-save folder). On such a signal, training finishes the current optimizer step,
+        saves there, and `train` returns; `NNHandler.load` of that file resumes exactly,
+        in the middle of the epoch."""
+        self._preemption.path = None if path is None else os.fspath(path)
+
+    # ------------------------------------------------------------------ reporting
+    def plot_losses(self, log_y_scale: bool = False, save_path: str | None = None) -> Figure:
+        """Training and validation loss per epoch (PNG at `save_path`); returns the Figure."""
+        return reporting.plot_losses(self._history, log_y_scale, save_path)
+
+    def plot_metrics(self, log_y_scale: bool = False, save_path_prefix: str | None = None) -> dict[str, Figure]:
+        """One figure per metric; with `save_path_prefix`, saved as `{prefix}_{name}.png`."""
+        return reporting.plot_metrics(self._history, list(self._metrics), log_y_scale, save_path_prefix)
+
+    def print(self, show_model_structure: bool = False) -> str:
+        """A summary of the handler's configuration and history."""
+        return reporting.summary(self, show_model_structure)
 
     def _info(self, msg: str) -> None:
         (self._logger or _log).info(msg)
@@ -487,4 +527,3 @@ def _accepts_kwarg(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
-

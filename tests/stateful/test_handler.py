@@ -112,7 +112,7 @@ def test_two_handlers_in_one_process_share_nothing():
     a.keep_eval_on_module(a.module.body)
     a.train(2, validate_every=0, progress_bar=False)
     assert b.metrics == {} and b.train_losses == [] and b.epoch == 0
-    assert b._keep_eval == [] and b.train_state is not a.train_state
+    assert b.parts.model.keep_eval == [] and b.train_state is not a.train_state
     assert not any(pa is pb for pa, pb in zip(a.module.parameters(), b.module.parameters()))
     assert a.optimizer is not b.optimizer
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 import os
 import signal
 import subprocess
@@ -91,8 +92,30 @@ def test_resume_without_rng_state_would_differ(tmp_path):
     first.save(tmp_path / "half.pth")
     resumed = NNHandler.load(tmp_path / "half.pth")
     set_loaders(resumed)
-    resumed.train(2, seed=3, **kw)
+    resumed.seed = 3  # an explicit reseed does restart the streams
+    resumed.train(2, **kw)
     assert not torch.equal(straight.module.net[0].weight, resumed.module.net[0].weight)
+
+
+def test_passing_the_same_seed_again_to_a_resumed_run_keeps_it_exact(tmp_path):
+    # A requeued job script passes seed= on every start: the resumed run must not reseed.
+    kw = dict(use_amp=True, ema_decay=0.9, **QUIET)
+    straight = build_handler()
+    straight.train(4, seed=3, **kw)
+    first = build_handler()
+    first.train(2, seed=3, **kw)
+    first.save(tmp_path / "half.pth")
+    resumed = NNHandler.load(tmp_path / "half.pth")
+    set_loaders(resumed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same seed: no warning either
+        resumed.train(2, seed=3, **kw)
+    assert_same_tensors(straight.module.state_dict(), resumed.module.state_dict())
+    again = NNHandler.load(tmp_path / "half.pth")
+    set_loaders(again)
+    with pytest.warns(UserWarning, match="seed=4 ignored"):
+        again.train(2, seed=4, **kw)
+    assert_same_tensors(straight.module.state_dict(), again.module.state_dict())
 
 
 # ---------------------------------------------------------------------------- file contents
@@ -401,7 +424,7 @@ def test_load_restores_every_part(tmp_path):
     assert isinstance(loaded.sde, ToySDE) and loaded.sde.sigma == 2.5
     assert (loaded.save_interval, loaded.save_path, loaded.save_model_name, loaded.overwrite_last_saved) == (
         3, str(tmp_path / "auto"), "m{epoch}_{val_acc:.2f}", True)
-    assert loaded._preemption_target() == str(tmp_path / "pre.pth")
+    assert loaded.preemption.target(loaded.save_path) == str(tmp_path / "pre.pth")
     assert loaded.epoch == 2 and loaded.model_type is h.model_type
 
 
@@ -503,7 +526,7 @@ def test_save_model_code_stores_the_class_source_as_text(tmp_path):
     code = nnh.load_model_code(tmp_path / "code.pth")
     assert code == inspect.getsource(MLP)
     assert code.startswith("class MLP(nn.Module):")
-    assert NNHandler.load(tmp_path / "code.pth")._save_model_code  # kept for the next save
+    assert NNHandler.load(tmp_path / "code.pth").parts.model.save_code  # kept for the next save
 
     NNHandler(MLP).save(tmp_path / "nocode.pth")
     assert nnh.load_model_code(tmp_path / "nocode.pth") is None

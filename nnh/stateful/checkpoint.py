@@ -1,0 +1,382 @@
+"""A whole handler as a checkpoint file and back.
+
+`handler_checkpoint` gathers `{part: state}` (plus the encoded classes and functions) from a
+handler's public surface and parts; `load_handler` builds a handler through its public
+constructor and setters and loads each part. Neither touches private attributes."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from typing import Any
+
+import torch
+
+from nnh._version import __version__
+from nnh.func.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    decode_value,
+    encode_value,
+    find_unrecorded,
+    read_checkpoint,
+    state_to_dict,
+)
+from nnh.func.ema import init_ema
+from nnh.func.train import init_train_state
+from nnh.stateful.rng import rng_state, set_rng_state
+from nnh.stateful.sampler import call_sampler_load
+
+_MAGIC = "nnh-checkpoint"
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def handler_checkpoint(handler: Any) -> dict[str, Any]:
+    """The checkpoint dict of `handler` (what `NNHandler.save` writes)."""
+    parts = handler.parts
+    model, opt = parts.model, parts.optimization
+    unrecorded: list[tuple[str, str]] = []
+    bind = {id(model.module): "handler.module"}
+    if model.forward is not model.module:
+        bind[id(model.forward)] = "handler.module"
+
+    def enc(value: Any, slot: str) -> Any:
+        return encode_value(value, slot, bind, unrecorded)
+
+    state = opt.require_state(model.module)
+    extra = {k: v for k, v in state_to_dict(state).items() if k not in ("params", "buffers", "optim")}
+    ckpt: dict[str, Any] = {
+        "format": _MAGIC,
+        "format_version": FORMAT_VERSION,
+        "nnh_version": __version__,
+        "torch_version": str(torch.__version__),
+        "model": {
+            "class": enc(model.model_class, "model_class"),
+            "kwargs": enc(model.model_kwargs, "model_kwargs"),
+            "type": handler.model_type.value,
+            "code": _model_code(model.model_class) if model.save_code else None,
+        },
+        "model_state_dict": model.state_dict(),
+        "train_state": extra,
+        "optimizer": None,
+        "scheduler": None,
+        "loss": None,
+        "metrics": {name: enc(fn, f"metrics.{name}") for name, fn in handler.metrics.items()},
+        "history": parts.history.state_dict(),
+        "callbacks": [enc(cb, f"callbacks[{i}]") for i, cb in enumerate(handler.callbacks)],
+        "auto_saver": handler.autosaver.state_dict(),
+        "preemption_path": handler.preemption.path,
+        "sampler": None,
+        "sde": enc(handler.sde, "sde"),
+        "seed": parts.progress.seed,
+        "epoch": parts.progress.epoch,
+        "device": str(handler.device),
+        # Loaders are set again after a load, never rebuilt from here: their kwargs are a
+        # record only, and a lambda collate_fn in them is no reason to warn.
+        "loaders": {which: {"kwargs": encode_value(spec, f"{which}_loader_kwargs", bind, []),
+                            "sampler_epoch": getattr(getattr(loader, "sampler", None), "epoch", None)}
+                    for which, (loader, spec) in handler.loader_specs.items()},
+        "rng": rng_state(),
+        "resume": parts.progress.mid_epoch,
+    }
+    if opt.optimizer is not None:
+        cls, kwargs = opt.optimizer_spec
+        ckpt["optimizer"] = {"class": enc(cls, "optimizer_class"), "kwargs": enc(kwargs, "optimizer_kwargs"),
+                             "state_dict": opt.optimizer.state_dict()}
+    if opt.scheduler is not None:
+        spec = opt.scheduler_spec
+        ckpt["scheduler"] = {"class": enc(spec.scheduler_class, "scheduler_class"),
+                             "kwargs": enc(spec.kwargs, "scheduler_kwargs"),
+                             "interval": spec.interval, "state_dict": opt.scheduler.state_dict()}
+    if handler.loss_fn is not None:
+        ckpt["loss"] = {"fn": enc(handler.loss_fn, "loss_fn"), "kwargs": enc(handler.loss_fn_kwargs, "loss_fn_kwargs"),
+                        "pass_epoch": handler.pass_epoch_to_loss}
+    sampler = handler.sampler
+    if sampler is not None:
+        ckpt["sampler"] = {"class": enc(type(sampler), "sampler_class"),
+                           "kwargs": enc(dict(sampler.init_kwargs), "sampler_kwargs"),
+                           "state": enc(sampler.save(), "sampler_state")}
+    if unrecorded:
+        listed = ", ".join(f"{slot} ({name})" for slot, name in unrecorded)
+        how = ", ".join(dict.fromkeys(_how_to_provide(slot) for slot, _ in unrecorded))
+        warnings.warn(
+            f"NNHandler.save: {listed} cannot be imported again (a lambda, a local object, or "
+            "something defined in __main__); the checkpoint records it by name only, and "
+            f"NNHandler.load will need it passed in: NNHandler.load(path, {how}).",
+            UserWarning, stacklevel=4,
+        )
+    return ckpt
+
+
+def _model_code(model_class: type) -> str | None:
+    try:
+        return inspect.getsource(model_class)
+    except (OSError, TypeError):
+        warnings.warn(f"save_model_code: the source of {model_class.__qualname__} is not available.", stacklevel=5)
+        return None
+
+
+def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device | None = None,
+                 strict_load: bool = False, skip_optimizer: bool = False, skip_scheduler: bool = False,
+                 skip_history: bool = False, skip_callbacks: bool = False, skip_sampler_sde: bool = False,
+                 skip_ema: bool = False, **provided: Any) -> Any:
+    """Rebuild a handler of class `cls` from a file written by `save` (see `NNHandler.load`)."""
+    path = os.fspath(path)
+    ckpt = read_checkpoint(path, map_location="cpu")
+    _check_header(ckpt, path)
+    slots = _provided_slots(provided)
+    needs: list = []
+    bindings: dict[str, Any] = {}
+
+    def dec(value: Any) -> Any:
+        out = decode_value(value, bindings, slots)
+        needs.extend(find_unrecorded(out))
+        return out
+
+    def dec_kwargs(value: Any, group: str) -> dict[str, Any]:
+        # A keyword passed in `<group>={name: value}` replaces the saved one whole (even
+        # when only an item inside it, a lambda in a list, could not be recorded) or adds it.
+        given = provided.get(group, {})
+        return {**{k: dec(v) for k, v in value.items() if k not in given}, **given}
+
+    def given_or_saved(name: str, saved: Any) -> Any:
+        return provided[name] if provided.get(name) is not None else dec(saved)
+
+    def raise_missing() -> None:
+        _raise_missing(needs, path)
+
+    # Everything that names a class or function is resolved before anything is built, so
+    # a missing one is reported as such (naming what to pass), not as a confusing
+    # TypeError from the constructor it would have gone to.
+    model_class = given_or_saved("model_class", ckpt["model"]["class"])
+    model_kwargs = dec_kwargs(ckpt["model"]["kwargs"], "model_kwargs")
+    opt, sch, loss = ckpt["optimizer"], ckpt["scheduler"], ckpt["loss"]
+    use_opt = opt is not None and not skip_optimizer
+    use_sch = use_opt and sch is not None and not skip_scheduler
+    if use_opt:
+        opt_class, opt_kwargs = given_or_saved("optimizer_class", opt["class"]), dec_kwargs(opt["kwargs"], "optimizer_kwargs")
+    if use_sch:
+        sch_class = given_or_saved("scheduler_class", sch["class"])
+    if loss is not None:
+        loss_fn, loss_kwargs = given_or_saved("loss_fn", loss["fn"]), dec_kwargs(loss["kwargs"], "loss_fn_kwargs")
+    metrics = {name: provided.get("metrics", {}).get(name) or dec(fn) for name, fn in ckpt["metrics"].items()}
+    raise_missing()
+
+    if device is None:
+        device = ckpt["device"] if (not ckpt["device"].startswith("cuda") or torch.cuda.is_available()) else "cpu"
+    handler = cls(model_class, device=device, model_type=ckpt["model"]["type"],
+                  save_model_code=ckpt["model"]["code"] is not None, **model_kwargs)
+    parts = handler.parts
+    module, optimization = parts.model.module, parts.optimization
+    bindings["handler.module"] = module
+    missing, unexpected = _load_weights(module, ckpt["model_state_dict"], strict_load, path)
+
+    if use_opt and (missing or unexpected):
+        # The optimizer state is matched to parameters by position: with other keys it
+        # would land on the wrong tensors, or not fit at all.
+        raise CheckpointError(
+            f"{path!r}: the model was loaded with missing keys {missing} and unexpected keys "
+            f"{unexpected}, so the saved optimizer state does not fit its parameters; pass "
+            "skip_optimizer=True (and set a new optimizer) to load the weights alone."
+        )
+    if use_opt:
+        optimization.build_optimizer(module, opt_class, opt_kwargs)
+        if use_sch:
+            # Kwargs that refer to the module (rare) are decoded now that it exists.
+            optimization.set_scheduler(sch_class, dec_kwargs(sch["kwargs"], "scheduler_kwargs"), sch["interval"])
+            raise_missing()
+        # The states load after the scheduler is built: building one sets the optimizer's
+        # lr to its starting value (LinearLR, LambdaLR, OneCycleLR...), and the saved
+        # param_groups put the lr of the moment of saving back.
+        optimization.optimizer.load_state_dict(opt["state_dict"])
+        if use_sch:
+            optimization.scheduler.load_state_dict(sch["state_dict"])
+        # load_state_dict made new state tensors: rebuild the state's view of them.
+        optimization.state = init_train_state(module, optimization.optimizer)
+    _load_train_state(optimization, module, ckpt["train_state"], skip_ema)
+
+    if loss is not None:
+        handler.set_loss_fn(loss_fn, pass_epoch_to_loss=loss["pass_epoch"], **loss_kwargs)
+    for name, fn in metrics.items():
+        handler.add_metric(name, fn)
+    if not skip_history:
+        parts.history.load_state_dict(ckpt["history"])
+    parts.progress.epoch = ckpt["epoch"]
+    if not skip_callbacks:
+        callbacks = provided.get("callbacks")
+        if callbacks is None:
+            callbacks = [dec(c) for c in ckpt["callbacks"]]
+            raise_missing()
+        for cb in callbacks:
+            handler.add_callback(cb)
+    if not skip_sampler_sde:
+        handler.sde = given_or_saved("sde", ckpt["sde"])
+        raise_missing()
+        _load_sampler(handler, ckpt["sampler"], provided, dec, dec_kwargs, raise_missing)
+    handler.autosaver.load_state_dict(ckpt["auto_saver"])
+    handler.autosaver.loaded_from = path
+    handler.preemption.path = ckpt.get("preemption_path")
+    parts.progress.seed = ckpt["seed"]
+    parts.progress.resume = ckpt.get("resume")
+    set_rng_state(ckpt["rng"])
+    return handler
+
+
+def weights_handler(cls: type, checkpoint_path: str | os.PathLike, model_class: type, model_type: Any = None,
+                    device: str | torch.device | None = None, strict_load: bool = True, **model_kwargs: Any) -> Any:
+    """A new handler with only the model weights of a checkpoint (see
+    `NNHandler.initialize_from_checkpoint`)."""
+    path = os.fspath(checkpoint_path)
+    ckpt = read_checkpoint(path, map_location="cpu")
+    if isinstance(ckpt, dict) and ckpt.get("format") == _MAGIC:
+        _check_header(ckpt, path)
+        weights = ckpt["model_state_dict"]
+        model_type = model_type or ckpt["model"]["type"]
+    elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        weights = ckpt
+    elif isinstance(ckpt, dict) and any(isinstance(ckpt.get(k), dict) for k in _STATE_DICT_KEYS):
+        # Common layouts of hand-written checkpoints: {"state_dict": ...}, {"model": ...}.
+        weights = next(ckpt[k] for k in _STATE_DICT_KEYS if isinstance(ckpt.get(k), dict))
+    else:
+        raise CheckpointError(f"{path!r} holds neither an nnh checkpoint nor a state_dict of tensors.")
+    handler = cls(model_class, device=device or "cpu", model_type=model_type or "classification", **model_kwargs)
+    module = handler.module
+    _load_weights(module, _strip_prefixes(weights, set(module.state_dict())), strict_load, path)
+    return handler
+
+
+def load_model_code(path: str | os.PathLike) -> str | None:
+    """The model class source stored by `save_model_code=True`, as text (never executed)."""
+    path = os.fspath(path)
+    ckpt = read_checkpoint(path, map_location="cpu")
+    _check_header(ckpt, path)
+    return ckpt["model"]["code"]
+
+
+def _check_header(ckpt: Any, path: str) -> None:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _MAGIC:
+        raise CheckpointError(f"{path!r} is not an NNHandler checkpoint (no nnh header); for a plain "
+                              "state_dict use NNHandler.initialize_from_checkpoint.")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path!r} has checkpoint format {version!r} (written by nnh {ckpt.get('nnh_version')}); this nnh "
+            f"{__version__} reads formats up to {FORMAT_VERSION}. Upgrade nnh to load it."
+        )
+
+
+def _provided_slots(provided: dict[str, Any]) -> dict[str, Any]:
+    slots = {k: v for k, v in provided.items() if k in ("model_class", "loss_fn", "optimizer_class", "scheduler_class", "sde", "sampler_class")}
+    for group in ("model_kwargs", "sampler_kwargs", "optimizer_kwargs", "scheduler_kwargs", "loss_fn_kwargs"):
+        for name, value in provided.get(group, {}).items():
+            slots[f"{group}.{name}"] = value
+    for name, fn in provided.get("metrics", {}).items():
+        slots[f"metrics.{name}"] = fn
+    unknown = set(provided) - {"model_class", "loss_fn", "optimizer_class", "scheduler_class", "sde", "sampler",
+                               "sampler_class", "metrics", "model_kwargs", "sampler_kwargs", "optimizer_kwargs",
+                               "scheduler_kwargs", "loss_fn_kwargs", "callbacks"}
+    if unknown:
+        raise TypeError(f"NNHandler.load got unexpected keyword arguments {sorted(unknown)}.")
+    return slots
+
+
+def _how_to_provide(slot: str) -> str:
+    """The `NNHandler.load` keyword that supplies what a checkpoint recorded under `slot`."""
+    head, _, rest = slot.partition(".")
+    head, bracket, _ = head.partition("[")
+    name = rest.split(".")[0].split("[")[0]
+    if head == "callbacks":
+        return "callbacks=[...] (the whole list; it replaces the saved callbacks)"
+    if head in ("sampler_state", "sampler_class") or (head == "sampler_kwargs" and not name):
+        return "sampler=<a ready Sampler instance>" if head == "sampler_state" else f"{head}=..."
+    if head == "sde":
+        return "sde=<a ready SDE instance>"
+    if head == "metrics":
+        return f"metrics={{{name!r}: ...}}"
+    if head.endswith("_kwargs") and name:
+        return f"{head}={{{name!r}: ...}}"
+    return f"{head}=..."
+
+
+def _raise_missing(needs: list, path: str) -> None:
+    if needs:
+        listed = ", ".join(f"{u.slot} ({u.name})" for u in needs)
+        how = ", ".join(dict.fromkeys(_how_to_provide(u.slot) for u in needs))
+        needs.clear()
+        raise CheckpointError(
+            f"{path!r} recorded {listed} by name only (not importable when saved); pass them to "
+            f"NNHandler.load: NNHandler.load(path, {how})."
+        )
+
+
+def _strip_prefixes(weights: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
+    """`weights` with the wrapper prefixes removed: `_orig_mod.` (torch.compile, also on a
+    submodule) wherever it occurs, and leading `module.` (DDP / DataParallel) when the model
+    itself has no such keys, i.e. only where stripping makes the keys fit."""
+    out = {}
+    for key, value in weights.items():
+        if key not in own:
+            key = ".".join(p for p in key.split(".") if p != "_orig_mod")
+            while key.startswith("module.") and key not in own:
+                key = key[len("module."):]
+        out[key] = value
+    return out
+
+
+def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool,
+                  path: str) -> tuple[list[str], list[str]]:
+    """Load `weights` into `module`; return the (missing, unexpected) keys that were tolerated."""
+    own = module.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in weights.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if mismatched:
+        raise CheckpointError(f"The weights in {path!r} do not fit {type(module).__name__}: shape mismatches "
+                              f"{mismatched}; missing {missing}; unexpected {unexpected}.")
+    if own and weights and not set(own) & set(weights):
+        # Nothing would load: another model's weights, which strict_load=False must not hide.
+        raise CheckpointError(f"None of the weights in {path!r} fit {type(module).__name__}: missing keys "
+                              f"{missing}, unexpected keys {unexpected}. Is it a checkpoint of another model?")
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"The weights in {path!r} do not fit {type(module).__name__}: missing keys "
+                              f"{missing}, unexpected keys {unexpected}. Pass strict_load=False to load the rest.")
+    if missing or unexpected:
+        warnings.warn(f"Loading {path!r} into {type(module).__name__}: missing keys {missing}, unexpected keys "
+                      f"{unexpected}; these were left as they are.", UserWarning, stacklevel=3)
+    module.load_state_dict(weights, strict=False)
+    return missing, unexpected
+
+
+def _load_train_state(optimization: Any, module: Any, extra: dict[str, Any], skip_ema: bool) -> None:
+    state = optimization.require_state(module)
+    for key in ("step", "acc_samples"):
+        if key in extra:
+            state[key].copy_(extra[key])
+    if "scaler" in extra:
+        optimization.ensure_scaler(module)
+        for key, value in extra["scaler"].items():
+            state["scaler"][key].copy_(value)
+    if "ema" in extra and not skip_ema:
+        ema = init_ema(module)
+        for key, value in extra["ema"].items():
+            if key in ema.keys():
+                ema[key].copy_(value)
+        state["ema"] = ema
+
+
+def _load_sampler(handler: Any, saved: dict[str, Any] | None, provided: dict[str, Any], dec: Any,
+                  dec_kwargs: Any, raise_missing: Any) -> None:
+    if provided.get("sampler") is not None:
+        handler.sampler = provided["sampler"]
+        return
+    if saved is None:
+        return
+    sampler_cls = provided["sampler_class"] if provided.get("sampler_class") is not None else dec(saved["class"])
+    kwargs = dec_kwargs(saved["kwargs"], "sampler_kwargs")
+    state = dec(saved["state"])
+    raise_missing()
+    handler.sampler = sampler_cls(**kwargs)
+    call_sampler_load(handler.sampler, state)

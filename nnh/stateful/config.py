@@ -1,0 +1,73 @@
+"""`TrainConfig`: the arguments of one `NNHandler.train` call, checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["TrainConfig", "MissingValidationDataError"]
+
+
+class MissingValidationDataError(ValueError, RuntimeError):
+    """`train(validate_every > 0)` without validation data. Both a ValueError and a
+    RuntimeError, so code written for either kind keeps working."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One `train` call's settings (see `NNHandler.train` for their meaning)."""
+
+    epochs: int
+    validate_every: int = 1
+    gradient_accumulation_steps: int = 1
+    use_amp: bool | str | torch.dtype = False
+    gradient_clipping_norm: float | None = None
+    ema_decay: float = 0.0
+    seed: int | None = None
+    progress_bar: bool = True
+    debug_print_interval: int | None = None
+    save_on_last_epoch: bool = True
+    epoch_train_and_val_pbar: bool = False
+    max_nonfinite_steps: int = 10
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.epochs) or self.epochs < 0:
+            raise ValueError(f"train: epochs={self.epochs!r} must be a non-negative int (0 does nothing).")
+        k = self.gradient_accumulation_steps
+        if not _is_int(k) or k < 1:
+            raise ValueError(f"train: gradient_accumulation_steps={k!r} must be an int >= 1 (1 = no accumulation).")
+        if not isinstance(self.validate_every, int) or self.validate_every < 0:
+            raise ValueError(f"train: validate_every={self.validate_every!r} must be an int >= 0 (0 = never validate).")
+        clip = self.gradient_clipping_norm
+        if clip is not None and not clip > 0:
+            raise ValueError(f"train: gradient_clipping_norm={clip!r} must be > 0, or None for no clipping.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train: ema_decay={self.ema_decay!r} must lie in [0, 1); 0 disables the EMA, e.g. 0.999.")
+        if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 1:
+            raise ValueError(f"train: max_nonfinite_steps={self.max_nonfinite_steps!r} must be an int >= 1.")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"train: compile={self.compile!r} must be True or False.")
+
+    def amp_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype: None, bf16, or fp16 (True means fp16 on CUDA, bf16 elsewhere)."""
+        use_amp = self.use_amp
+        if use_amp is False or use_amp is None:
+            return None
+        if use_amp is True:
+            return torch.float16 if device.type == "cuda" else torch.bfloat16
+        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+        dtype = names.get(use_amp, use_amp) if isinstance(use_amp, str) else use_amp
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"train: use_amp={use_amp!r}; use True, False, 'bf16' or 'fp16'.")
+        return dtype
+
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (0-based) ends with validation."""
+        return self.validate_every > 0 and (epoch + 1) % self.validate_every == 0

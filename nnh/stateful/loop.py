@@ -1,0 +1,290 @@
+"""The training, validation and prediction loops, as functions over explicit parts.
+
+They receive what they use (`Parts`, an objective, a `TrainConfig`, the data, the callbacks,
+the `Runtime`, the savers) and never see `NNHandler`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from nnh.func.train import batch_size_of, train_step
+from nnh.stateful._batches import EpochSums, len_or_none, to_device, unpack_batch
+from nnh.stateful.autosave import AutoSaver
+from nnh.stateful.config import TrainConfig
+from nnh.stateful.objective import Objective
+from nnh.stateful.parts import Parts
+from nnh.stateful.preemption import Preemption
+from nnh.stateful.rng import rng_state, set_rng_state
+from nnh.stateful.runtime import Runtime
+
+__all__ = ["Fit", "fit", "validate", "predict", "dispatch"]
+
+_REFRESH_EVERY_S = 0.5  # progress-bar refresh period: the only host read of the loss
+
+
+@dataclass
+class Fit:
+    """What one `fit` call works with, besides the parts and the config."""
+
+    objective: Objective
+    train_loader: Any
+    val_loader: Any = None
+    metrics: dict[str, Callable] = field(default_factory=dict)
+    callbacks: list[Any] = field(default_factory=list)
+    runtime: Runtime = field(default_factory=lambda: Runtime(torch.device("cpu")))
+    autosaver: AutoSaver = field(default_factory=AutoSaver)
+    preemption: Preemption = field(default_factory=Preemption)
+    save: Callable[[str], None] = lambda path: None
+    log: Callable[[str], None] = lambda msg: None
+    step: Callable[..., Any] = train_step
+
+
+def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
+    """Train for `config.epochs` more epochs, continuing `parts.progress.epoch`.
+
+    This docstring is the one statement of the hook order (`nnh.callbacks.Callback` points
+    here; callbacks run in the order they were added)::
+
+        on_train_begin({"epochs", "start_epoch"})
+        for epoch in range(start_epoch, start_epoch + epochs):
+            on_epoch_begin(epoch, {})
+            for i, batch in enumerate(train data):       # i: 0-based within the epoch
+                on_train_batch_begin(i, {"size"})
+                train_step(...)                          # a micro-batch; every k-th updates
+                on_train_batch_end(i, {"loss", "size"})  # loss: 0-d detached tensor, maybe NaN
+                if stop_training: break
+                if preempted at a closed window: save the mid-epoch checkpoint, return
+            if validating this epoch:
+                on_val_begin({})
+                for i, batch in enumerate(validation data):
+                    on_val_batch_begin(i, {"size"}); forward; on_val_batch_end(i, {"val_loss", "size"})
+                on_val_end({"val_loss", "val_<metric>", ...})
+            scheduler step (per-epoch schedulers)
+            history += logs; epochs done = epoch + 1
+            on_epoch_end(epoch, logs)   # epoch, loss, val_loss, <metric>, val_<metric>, lr
+            preemption save, or auto-save when due
+            if stop_training or preempted: break
+        on_train_end(last epoch's logs)
+
+    A callback stops training by setting `handler.stop_training = True`; it is checked after
+    every training batch and at the end of every epoch. The epochs-done counter advances
+    before `on_epoch_end`, so a checkpoint written there resumes after its epoch.
+
+    A micro-batch whose loss is not finite is flagged on the device; its window's update is
+    skipped by `train_step` without a host read. The flags are read with the running loss
+    (once per refresh and at the epoch's end): each flagged batch gets a warning, and
+    `max_nonfinite_steps` flagged batches in a row raise a RuntimeError.
+    """
+    progress = parts.progress
+    progress.stop_training = False
+    start = progress.epoch
+    final = start + config.epochs
+    logs: dict[str, Any] = {"epochs": config.epochs, "start_epoch": start}
+    dispatch(run.callbacks, "on_train_begin", logs)
+    nonfinite_run = [0]
+    with run.preemption.guard():
+        for epoch in range(start, final):
+            epoch_logs = _train_epoch(parts, config, run, epoch, final, nonfinite_run)
+            if epoch_logs is None:  # preempted in the middle of the epoch
+                run.preemption.save(run.save, run.autosaver.save_path, run.log, " mid-epoch")
+                progress.mid_epoch = None
+                break
+            logs = epoch_logs
+            stopping = progress.stop_training or run.preemption.requested
+            if run.preemption.requested:
+                # An auto-save due by the interval still happens; the preemption checkpoint is
+                # the one to resume from.
+                if run.autosaver.due(epoch, last=False, save_on_last_epoch=False):
+                    run.autosaver.save_now(epoch, logs, run.save)
+                run.preemption.save(run.save, run.autosaver.save_path, run.log, "")
+            elif run.autosaver.due(epoch, last=epoch == final - 1 or stopping,
+                                   save_on_last_epoch=config.save_on_last_epoch):
+                run.autosaver.save_now(epoch, logs, run.save)
+            if stopping:
+                break
+    dispatch(run.callbacks, "on_train_end", logs)
+
+
+def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tuple[Iterator[Any], int]:
+    """The epoch's batch iterator and the index of its first batch.
+
+    The RNG state at the epoch's start is kept (a shuffling loader draws its order from it
+    when iterated). Resuming a mid-epoch checkpoint replays that state to rebuild the same
+    order, skips the batches already trained, and then goes on with the RNG state of the
+    moment it stopped, so the run continues exactly.
+    """
+    progress = parts.progress
+    resume, progress.resume = progress.resume, None
+    if resume is not None and resume["epoch"] == epoch:
+        now = rng_state()
+        set_rng_state(resume["epoch_rng"])
+        progress.epoch_rng = resume["epoch_rng"]
+        it = iter(loader)
+        for _ in range(resume["batches_done"]):
+            next(it)
+        set_rng_state(now)
+        sums.load({"loss": resume["loss"], "metrics": resume["metrics"]})
+        return it, resume["batches_done"]
+    progress.epoch_rng = rng_state()
+    return iter(loader), 0
+
+
+def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final: int,
+                 nonfinite_run: list[int]) -> dict[str, Any] | None:
+    model, opt, progress = parts.model, parts.optimization, parts.progress
+    loader, device = run.train_loader, run.runtime.device
+    validating = config.validates(epoch)
+    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    n_train = len_or_none(loader)
+    n_val = len_or_none(run.val_loader) if validating else 0
+    joint = config.epoch_train_and_val_pbar and n_train is not None and n_val is not None
+    bar = tqdm(total=(n_train + n_val) if joint else n_train, desc=f"Epoch {epoch + 1}/{final}",
+               disable=not (config.progress_bar and run.runtime.is_main), leave=False, dynamic_ncols=True)
+    dispatch(run.callbacks, "on_epoch_begin", epoch, {})
+
+    model.set_mode(True)
+    run.objective.epoch = epoch
+    k, amp_dtype = config.gradient_accumulation_steps, config.amp_dtype(device)
+    ema = config.ema_decay if config.ema_decay > 0 else None
+    state = opt.require_state(model.module)
+    sums = EpochSums(run.metrics)
+    last_refresh = time.monotonic()
+
+    def read() -> None:
+        # The host read of the epoch so far: a warning per non-finite batch, and the raise.
+        for i, bad in sums.flush():
+            nonfinite_run[0] = nonfinite_run[0] + 1 if bad else 0
+            if not bad:
+                continue
+            warnings.warn(f"NNHandler.train: non-finite loss at epoch {epoch}, batch {i}; the update of its "
+                          "accumulation window was skipped and its gradients dropped.", RuntimeWarning, stacklevel=4)
+            if nonfinite_run[0] >= config.max_nonfinite_steps:
+                bar.close()
+                raise RuntimeError(
+                    f"NNHandler.train: {nonfinite_run[0]} non-finite losses in a row (last at epoch {epoch}, "
+                    f"batch {i}); lower the learning rate, clip gradients, or check the data.")
+
+    batches, first = _epoch_batches(parts, epoch, loader, sums)
+    for i, batch in enumerate(batches, start=first):
+        batch = to_device(batch, device)
+        n = batch_size_of(batch)
+        dispatch(run.callbacks, "on_train_batch_begin", i, {"size": n})
+        update = i % k == k - 1 or (n_train is not None and i == n_train - 1)
+        _, m = run.step(state, batch, module=model.module, loss_fn=run.objective.loss, optimizer=opt.optimizer,
+                        forward=model.forward, micro_batch=i % k, update=update, amp_dtype=amp_dtype,
+                        max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True)
+        loss = m["loss"]
+        nonfinite = m["nonfinite"] if "nonfinite" in m.keys() else None
+        values = []
+        if run.metrics:
+            output, target = m.get("output", None), run.objective.metric_target(batch)
+            values = [fn(output, target) for fn in run.metrics.values()]
+        sums.add(i, loss, n, nonfinite, values)
+        if update and opt.steps_per_batch:
+            opt.scheduler.step()  # per window closed, skipped or not (the skip is on the device)
+        dispatch(run.callbacks, "on_train_batch_end", i, {"loss": loss, "size": n})
+        bar.update(1)
+        refresh = config.progress_bar and time.monotonic() - last_refresh >= _REFRESH_EVERY_S
+        debug = config.debug_print_interval and (i + 1) % config.debug_print_interval == 0
+        if refresh or debug:
+            read()
+            if refresh:
+                bar.set_postfix(loss=f"{sums.loss():.4g}")
+                last_refresh = time.monotonic()
+            if debug:
+                run.log(f"epoch {epoch + 1} batch {i + 1}: running loss {sums.loss():.6g}")
+        if run.preemption.requested and update and (n_train is None or i < n_train - 1):
+            # Stop at a closed accumulation window and keep what resuming needs.
+            read()
+            bar.close()
+            progress.mid_epoch = {"epoch": epoch, "batches_done": i + 1, "epoch_rng": progress.epoch_rng,
+                                  **sums.state()}
+            return None
+        if progress.stop_training:
+            break
+    read()
+
+    logs: dict[str, Any] = {"epoch": epoch, "loss": sums.loss()}
+    if config.progress_bar:
+        bar.set_postfix(loss=f"{logs['loss']:.4g}")
+    for name in run.metrics:
+        logs[name] = sums.metric(name)
+    val_logs = {"val_loss": float("nan"), **{f"val_{name}": float("nan") for name in run.metrics}}
+    if validating:  # a preemption in the last batch still completes its epoch
+        val_bar = bar if joint else tqdm(total=n_val, desc=f"Validation {epoch + 1}", leave=False, dynamic_ncols=True,
+                                         disable=not (config.progress_bar and run.runtime.is_main))
+        val_logs = validate(parts, run, amp_dtype, apply_ema=True, bar=val_bar)
+        if val_bar is not bar:
+            val_bar.close()
+    bar.close()
+    logs.update(val_logs)
+    if opt.optimizer is not None:
+        logs["lr"] = opt.lr()
+    opt.step_epoch_scheduler(logs, validating, config.validate_every)
+    parts.history.record(logs, run.metrics)
+    run.log(f"Epoch {epoch + 1}/{final}: loss {logs['loss']:.6g}, val_loss {logs['val_loss']:.6g}"
+            + "".join(f", {name} {logs[name]:.6g}" for name in run.metrics))
+    progress.epoch = epoch + 1
+    dispatch(run.callbacks, "on_epoch_end", epoch, logs)
+    return logs
+
+
+@torch.no_grad()
+def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: bool, bar: Any = None) -> dict[str, float]:
+    """Sample-weighted validation loss and metrics, with the EMA weights when `apply_ema`
+    and an EMA exists."""
+    model = parts.model
+    dispatch(run.callbacks, "on_val_begin", {})
+    sums = EpochSums(run.metrics)
+    device = run.runtime.device
+    with model.evaluating(parts.optimization.ema() if apply_ema else None):
+        for i, batch in enumerate(run.val_loader):
+            batch = to_device(batch, device)
+            n = batch_size_of(batch)
+            dispatch(run.callbacks, "on_val_batch_begin", i, {"size": n})
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss, output = run.objective.loss(model.forward, batch)
+            loss = loss.detach().float()
+            values = []
+            if run.metrics:
+                target = run.objective.metric_target(batch)
+                values = [fn(output, target) for fn in run.metrics.values()]
+            sums.add(i, loss, n, None, values)
+            dispatch(run.callbacks, "on_val_batch_end", i, {"val_loss": loss, "size": n})
+            if bar is not None:
+                bar.update(1)
+    sums.flush()
+    logs = {"val_loss": sums.loss(), **{f"val_{name}": sums.metric(name) for name in run.metrics}}
+    dispatch(run.callbacks, "on_val_end", logs)
+    return logs
+
+
+@torch.no_grad()
+def predict(parts: Parts, data_loader: Any, device: torch.device, apply_ema: bool = True) -> list[Any]:
+    """Per-batch model outputs (detached) over `data_loader`, with the EMA weights when
+    `apply_ema` and an EMA exists."""
+    model = parts.model
+    outputs = []
+    with model.evaluating(parts.optimization.ema() if apply_ema else None):
+        for batch in data_loader:
+            inputs, _, args, kwargs = unpack_batch(to_device(batch, device))
+            out = model.forward(inputs, *args, **kwargs)
+            outputs.append(out.detach() if isinstance(out, Tensor) else out)
+    return outputs
+
+
+def dispatch(callbacks: list[Any], hook: str, *args: Any) -> None:
+    """Call `hook(*args)` on every callback that has it, in order."""
+    for cb in callbacks:
+        method = getattr(cb, hook, None)
+        if method is not None:
+            method(*args)

@@ -1,0 +1,75 @@
+"""How a batch becomes a loss: one small protocol instead of model-type branches in the loop.
+
+An objective has `loss(model, batch) -> (loss, output)` (the `nnh.func.train_step` loss
+convention) and `metric_target(batch)`, what metrics compare the output with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from torch import Tensor
+
+from nnh.stateful._batches import unpack_batch
+from nnh.stateful.enums import ModelType
+
+__all__ = ["Objective", "SupervisedObjective", "GenerativeObjective", "make_objective"]
+
+
+class Objective(Protocol):
+    epoch: int
+
+    def loss(self, model: Callable[..., Any], batch: Any) -> tuple[Tensor, Any]: ...
+
+    def metric_target(self, batch: Any) -> Any: ...
+
+
+class SupervisedObjective:
+    """`loss_fn(model(inputs, *extra, **kwargs), targets, **loss_kwargs)`; a tuple returned by
+    the loss back-propagates its first element. With `pass_epoch`, the 0-based `epoch`
+    attribute (set by the loop) is passed as `epoch=`."""
+
+    needs_targets = True
+
+    def __init__(self, loss_fn: Callable, loss_kwargs: dict[str, Any], pass_epoch: bool, model_type: ModelType) -> None:
+        self.loss_fn = loss_fn
+        self.loss_kwargs = dict(loss_kwargs)
+        self.pass_epoch = pass_epoch
+        self.model_type = model_type
+        self.epoch = 0
+
+    def targets(self, inputs: Any, targets: Any) -> Any:
+        if targets is None:
+            raise ValueError(
+                f"NNHandler: a {self.model_type.value} batch needs targets, (inputs, targets); "
+                "for models trained against their inputs use model_type='generative'."
+            )
+        return targets
+
+    def loss(self, model: Callable[..., Any], batch: Any) -> tuple[Tensor, Any]:
+        inputs, targets, args, model_kwargs = unpack_batch(batch)
+        output = model(inputs, *args, **model_kwargs)
+        kwargs = {**self.loss_kwargs, "epoch": self.epoch} if self.pass_epoch else self.loss_kwargs
+        result = self.loss_fn(output, self.targets(inputs, targets), **kwargs)
+        loss = result[0] if isinstance(result, (tuple, list)) else result
+        return loss, output
+
+    def metric_target(self, batch: Any) -> Any:
+        inputs, targets, _, _ = unpack_batch(batch)
+        return inputs if targets is None else targets
+
+
+class GenerativeObjective(SupervisedObjective):
+    """As `SupervisedObjective`, with the inputs as targets when a batch has none."""
+
+    def targets(self, inputs: Any, targets: Any) -> Any:
+        return inputs if targets is None else targets
+
+
+def make_objective(model_type: ModelType, loss_fn: Callable, loss_kwargs: dict[str, Any],
+                   pass_epoch: bool) -> SupervisedObjective:
+    """The objective for `model_type` (`pass_epoch`: the loss accepts and wants `epoch=`)."""
+    if model_type is ModelType.SCORE_BASED:
+        raise NotImplementedError("train: score-based training (model_type='score_based') is not part of this nnh release.")
+    cls = GenerativeObjective if model_type is ModelType.GENERATIVE else SupervisedObjective
+    return cls(loss_fn, loss_kwargs, pass_epoch, model_type)

@@ -1,0 +1,216 @@
+"""The parts a handler is made of, each owning its state and its `state_dict`.
+
+`ModelPart` (the module, how it is run, the modules kept in eval mode), `Optimization`
+(optimizer, scheduler and the `nnh.func` train state), `Progress` (epochs done, the
+mid-epoch resume point, the stop flag) and `History` (per-epoch losses and metrics). The
+loop (`nnh.stateful.loop`) works on these, never on the handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from nnh.func.ema import ema_source, init_ema
+from nnh.func.train import init_train_state
+
+__all__ = ["ModelPart", "Optimization", "SchedulerSpec", "Progress", "History", "Parts"]
+
+
+class ModelPart:
+    """The plain module, the callable the forward runs (`forward`: the module itself or a
+    `torch.compile` wrapper sharing its parameters) and the modules kept in eval mode."""
+
+    def __init__(self, module: nn.Module, model_class: type, model_kwargs: dict[str, Any]) -> None:
+        self.module = module
+        self.forward: Callable[..., Any] = module
+        self.model_class = model_class
+        self.model_kwargs = dict(model_kwargs)
+        self.keep_eval: list[nn.Module] = []
+
+    def set_mode(self, training: bool) -> None:
+        """Train or eval mode; the keep-eval modules stay in eval mode either way."""
+        self.module.train(training)
+        for m in self.keep_eval:
+            m.eval()
+
+    @contextlib.contextmanager
+    def evaluating(self, ema: TensorDict | None = None) -> Iterator[None]:
+        """Eval mode, with the `ema` weights swapped in when given; both undone on exit."""
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with self.ema_weights(ema):
+                yield
+        finally:
+            self.set_mode(was_training)
+
+    @contextlib.contextmanager
+    def ema_weights(self, ema: TensorDict | None) -> Iterator[None]:
+        """Copy the EMA weights into the module for the duration, then the raw ones back."""
+        if ema is None:
+            yield
+            return
+        live = list(ema_source(self.module).values())  # the same keys, in order, as init_ema
+        with torch.no_grad():
+            raw = [t.detach().clone() for t in live]
+            torch._foreach_copy_(live, list(ema.values()))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(live, raw)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+
+class SchedulerSpec(NamedTuple):
+    """How the scheduler was built, and whether it steps per "epoch" or per "batch"."""
+
+    scheduler_class: type
+    kwargs: dict[str, Any]
+    interval: str
+
+
+class Optimization:
+    """Optimizer, LR scheduler and the `nnh.func` train state of one module."""
+
+    def __init__(self) -> None:
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_spec: tuple[type, dict[str, Any]] | None = None
+        self.scheduler: Any = None
+        self.scheduler_spec: SchedulerSpec | None = None
+        self.state: TensorDict | None = None
+
+    def build_optimizer(self, module: nn.Module, optimizer_class: type, kwargs: dict[str, Any]) -> None:
+        """The optimizer alone, without its state tensors: a checkpoint load fills those
+        (creating zeroed Adam state first would cost a full pass over memory for nothing)."""
+        self.optimizer = optimizer_class(module.parameters(), **kwargs)
+        self.optimizer_spec = (optimizer_class, dict(kwargs))
+
+    def set_optimizer(self, module: nn.Module, optimizer_class: type, kwargs: dict[str, Any]) -> None:
+        """A new optimizer with fresh state; the EMA and the scheduler's spec carry over."""
+        self.build_optimizer(module, optimizer_class, kwargs)
+        ema = self.state.get("ema", None) if self.state is not None else None
+        self.state = init_train_state(module, self.optimizer)
+        if ema is not None:
+            self.state["ema"] = ema
+        if self.scheduler_spec is not None:
+            self.set_scheduler(*self.scheduler_spec)
+
+    def set_scheduler(self, scheduler_class: type | None, kwargs: dict[str, Any], interval: str) -> None:
+        if scheduler_class is None:
+            self.scheduler, self.scheduler_spec = None, None
+            return
+        if self.optimizer is None:
+            raise RuntimeError("set_scheduler needs an optimizer to act on; call handler.set_optimizer(...) first.")
+        if interval not in ("epoch", "batch"):
+            raise ValueError(f"set_scheduler: interval={interval!r} must be 'epoch' or 'batch'.")
+        self.scheduler = scheduler_class(self.optimizer, **kwargs)
+        self.scheduler_spec = SchedulerSpec(scheduler_class, dict(kwargs), interval)
+
+    @property
+    def steps_per_batch(self) -> bool:
+        return self.scheduler is not None and self.scheduler_spec.interval == "batch"
+
+    def step_epoch_scheduler(self, logs: dict[str, Any], validated: bool, validate_every: int) -> None:
+        """Step a per-epoch scheduler; `ReduceLROnPlateau` on the validation loss, or on the
+        training loss when training never validates."""
+        if self.scheduler is None or self.scheduler_spec.interval != "epoch":
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if validated:
+                self.scheduler.step(logs["val_loss"])
+            elif validate_every == 0:
+                self.scheduler.step(logs["loss"])
+        else:
+            self.scheduler.step()
+
+    def require_state(self, module: nn.Module) -> TensorDict:
+        if self.state is None:
+            self.state = init_train_state(module, self.optimizer)
+        return self.state
+
+    def ema(self) -> TensorDict | None:
+        return self.state["ema"] if self.state is not None and "ema" in self.state.keys() else None
+
+    def ensure_ema(self, module: nn.Module) -> TensorDict:
+        state = self.require_state(module)
+        if "ema" not in state.keys():
+            state["ema"] = init_ema(module)
+        return state["ema"]
+
+    def ensure_scaler(self, module: nn.Module) -> None:
+        state = self.require_state(module)
+        if "scaler" not in state.keys():
+            state["scaler"] = init_train_state(module, grad_scaler=True)["scaler"]
+
+    def lr(self) -> float | None:
+        return None if self.optimizer is None else float(self.optimizer.param_groups[0]["lr"])
+
+
+@dataclass
+class Progress:
+    """Epochs done, the stop flag a callback sets, and the mid-epoch points: `resume` (read
+    from a checkpoint, consumed by the next epoch) and `mid_epoch` (to write on preemption).
+    `epoch_rng` is the global RNG state at the start of the running epoch."""
+
+    epoch: int = 0
+    stop_training: bool = False
+    seed: int | None = None
+    resume: dict[str, Any] | None = None
+    mid_epoch: dict[str, Any] | None = None
+    epoch_rng: dict[str, Any] | None = None
+
+
+@dataclass
+class History:
+    """One entry per epoch in every series (NaN where a value was not measured)."""
+
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    train_metrics: dict[str, list[float]] = field(default_factory=dict)
+    val_metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def reset(self, metric_names: Any = ()) -> None:
+        self.train_losses, self.val_losses = [], []
+        self.train_metrics = {name: [] for name in metric_names}
+        self.val_metrics = {name: [] for name in metric_names}
+
+    def add_metric(self, name: str) -> None:
+        self.train_metrics.setdefault(name, [math.nan] * len(self.train_losses))
+        self.val_metrics.setdefault(name, [math.nan] * len(self.val_losses))
+
+    def record(self, logs: dict[str, Any], metric_names: Any) -> None:
+        self.train_losses.append(logs["loss"])
+        self.val_losses.append(logs["val_loss"])
+        for name in metric_names:
+            self.train_metrics.setdefault(name, []).append(logs.get(name, math.nan))
+            self.val_metrics.setdefault(name, []).append(logs.get(f"val_{name}", math.nan))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_losses": list(self.train_losses), "val_losses": list(self.val_losses),
+                "train_metrics": {k: list(v) for k, v in self.train_metrics.items()},
+                "val_metrics": {k: list(v) for k, v in self.val_metrics.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train_losses, self.val_losses = list(state["train_losses"]), list(state["val_losses"])
+        self.train_metrics = {k: list(v) for k, v in state["train_metrics"].items()}
+        self.val_metrics = {k: list(v) for k, v in state["val_metrics"].items()}
+
+
+@dataclass
+class Parts:
+    """Everything the loop and the checkpoint work on, by name."""
+
+    model: ModelPart
+    optimization: Optimization
+    progress: Progress
+    history: History
