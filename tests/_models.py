@@ -80,12 +80,12 @@ def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class CountingCallback:
     """A callback with constructor arguments and state, restorable from a checkpoint.
 
-    Like nnh's own callbacks it records its constructor arguments (`_nnh_init_kwargs`) so a
+    Like nnh's own callbacks it records its constructor arguments (`init_kwargs`) so a
     checkpoint can rebuild it, and its `state_dict` carries the epochs it has seen.
     """
 
     def __init__(self, tag: str = "a") -> None:
-        self._nnh_init_kwargs = {"tag": tag}
+        self.init_kwargs = {"tag": tag}
         self.tag = tag
         self.epochs_seen = 0
         self.handler = None
@@ -119,7 +119,7 @@ class ToySDE:
     """Stands in for an SDE: an object that records its constructor arguments."""
 
     def __init__(self, sigma: float = 1.0) -> None:
-        self._nnh_init_kwargs = {"sigma": sigma}
+        self.init_kwargs = {"sigma": sigma}
         self.sigma = sigma
 
 

@@ -6,36 +6,19 @@ import logging
 import os
 from typing import Any
 
+from nnh._init_record import RecordsInit
+
 __all__ = ["Callback"]
 
 _log = logging.getLogger("nnh.callbacks")
 
 
-def _plain(value: Any) -> Any:
-    # Checkpoints store constructor arguments as plain values; a path object is kept as its str.
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-class Callback:
+class Callback(RecordsInit):
     """Base class of every callback; each hook does nothing unless a subclass overrides it.
 
-    `NNHandler.train` calls the hooks in this order (`epoch` is the 0-based global epoch,
-    `batch` the 0-based index within the epoch; callbacks run in the order they were added)::
-
-        on_train_begin({"epochs", "start_epoch"})
-        for epoch in ...:
-            on_epoch_begin(epoch, {})
-            for batch in train data:
-                on_train_batch_begin(batch, {"size"})
-                on_train_batch_end(batch, {"loss", "size"})      # loss: 0-d detached tensor
-            if validating this epoch:
-                on_val_begin({})
-                for batch in validation data:
-                    on_val_batch_begin(batch, {"size"})
-                    on_val_batch_end(batch, {"val_loss", "size"})
-                on_val_end({"val_loss", "val_<metric>", ...})
-            on_epoch_end(epoch, logs)   # epoch, loss, val_loss, <metric>, val_<metric>, lr
-        on_train_end(last epoch's logs)
+    `NNHandler.train` calls the hooks in the order written once, in the docstring of
+    `nnh.stateful.loop.fit` (`epoch` is the 0-based global epoch, `batch` the 0-based index
+    within the epoch; callbacks run in the order they were added).
 
     The epoch-end `logs` dict is the same object for every callback, so a callback may add
     keys that later callbacks and the history see; it lists them in `log_keys` so that
@@ -49,28 +32,18 @@ class Callback:
             checkpoint stores them with the class's import path and `state_dict()`, and
             `NNHandler.load` rebuilds the callback from them, so constructor arguments must be
             plain values (numbers, strings, bools, None, lists/dicts of them); path objects
-            are recorded as strings.
+            are recorded as strings. Recorded by `nnh._init_record.RecordsInit`, so a
+            subclass need not call ``super().__init__``.
     """
 
     log_keys: tuple[str, ...] = ()
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Callback":
-        # Recorded here rather than in __init__ so that a subclass need not call super().__init__.
-        obj = super().__new__(cls)
-        obj._nnh_init_args = tuple(_plain(a) for a in args)
-        obj._nnh_init_kwargs = {k: _plain(v) for k, v in kwargs.items()}
-        obj.handler = None
-        return obj
+    handler: Any = None
 
-    @property
-    def init_args(self) -> tuple:
-        """Positional constructor arguments, as recorded by `__new__`."""
-        return getattr(self, "_nnh_init_args", ())
-
-    @property
-    def init_kwargs(self) -> dict[str, Any]:
-        """Keyword constructor arguments, as recorded by `__new__`."""
-        return getattr(self, "_nnh_init_kwargs", {})
+    @classmethod
+    def _recorded_value(cls, value: Any) -> Any:
+        # Checkpoints store constructor arguments as plain values; a path object is kept as its str.
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     def set_handler(self, handler: Any) -> None:
         """Attach to `handler`; `NNHandler.add_callback` calls this."""

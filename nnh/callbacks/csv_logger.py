@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from typing import Any
 
 import torch
 
 from nnh.callbacks.base import Callback
+from nnh.func.checkpoint import atomic_write
 
 __all__ = ["CSVLogger"]
 
@@ -81,22 +81,13 @@ class CSVLogger(Callback):
             return list(reader.fieldnames or []), rows
 
     def _rewrite(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
-        # Through a temporary file and a rename, so a crash never leaves a half-written log.
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fieldnames, restval="")
-                writer.writeheader()
-                writer.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # Atomically, so a crash never leaves a half-written log.
+        def write(f: Any) -> None:
+            writer = csv.DictWriter(f, fieldnames=fieldnames, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic_write(self.path, write, text=True)
 
 
 def _cell(value: Any) -> Any:

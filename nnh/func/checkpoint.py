@@ -14,16 +14,19 @@ import enum
 import pickle
 import secrets
 import zipfile
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
 from tensordict import TensorDict
 
+from nnh._init_record import recorded_init
+
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "atomic_save",
+    "atomic_write",
     "read_checkpoint",
     "state_to_dict",
     "load_state_from_dict",
@@ -88,22 +91,27 @@ def _copy_into(state: TensorDict, data: dict, prefix: str, missing: list, unexpe
             target.copy_(value)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save(obj)` to `path` atomically.
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, text: bool = False) -> None:
+    """Create or replace the file `path` atomically with what ``write(f)`` writes to ``f``.
 
-    The bytes go to a temporary file in the same folder (``.<name>.<random>.tmp``), which is
-    flushed and fsynced and then renamed over `path` (an atomic replace on POSIX and
-    Windows). A process killed at any point leaves either the previous file or the new one,
+    ``f`` is a binary file object, or with ``text=True`` a text one opened as
+    ``open(path, "w", newline="")`` opens it (default encoding, newlines written as given, as
+    the csv module wants). The bytes go to a temporary file in the same folder
+    (``.<name>.<random>.tmp``), which is flushed and fsynced and then renamed over `path` (an
+    atomic replace on POSIX and Windows); the folder is fsynced after, so the rename survives
+    a power cut. A process killed at any point leaves either the previous file or the new one,
     never a torn file; a kill before the rename may leave the hidden temporary file behind.
-    The file gets the permissions a plain `open(path, "wb")` would give (the umask applies).
+    If ``write`` raises, the temporary file is removed and `path` is untouched. The file gets
+    the permissions a plain `open(path, "w")` would give (the umask applies); the folder is
+    created as needed.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with (os.fdopen(fd, "w", newline="") if text else os.fdopen(fd, "wb")) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -114,6 +122,13 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             pass
         raise
     _fsync_dir(folder)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj)` to `path` atomically, through `atomic_write`: a reader sees either
+    the previous file or the complete new one, with the permissions ``open(path, "wb")``
+    would give."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _create_temp(folder: str, name: str) -> tuple[int, str]:
@@ -127,7 +142,7 @@ def _create_temp(folder: str, name: str) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
-    raise FileExistsError(f"atomic_save: could not create a temporary file next to {name!r} in {folder!r}.")
+    raise FileExistsError(f"atomic_write: could not create a temporary file next to {name!r} in {folder!r}.")
 
 
 def _fsync_dir(folder: str) -> None:
@@ -228,8 +243,8 @@ def encode_value(value: Any, slot: str, bindings: dict[int, str] | None = None,
       handler's own module, bound again to the loaded handler's module).
     - Importable classes and functions become ``{"__nnh__": "import", "path": ...}``.
     - Objects that record their constructor arguments (`init_args`/`init_kwargs`, as
-      `nnh.Sampler`, callbacks and MCMC schedulers do) become their class path, encoded
-      arguments and `state_dict()`.
+      `nnh.Sampler`, callbacks and MCMC schedulers do through `nnh._init_record.RecordsInit`;
+      see `recorded_init`) become their class path, encoded arguments and `state_dict()`.
     - Anything else (a lambda, a class from ``__main__``) is recorded by name only, and
       `(slot, name)` is appended to `unrecorded` so the caller can warn.
     """
@@ -263,19 +278,21 @@ def encode_value(value: Any, slot: str, bindings: dict[int, str] | None = None,
         return items if isinstance(value, list) else {_TAG: "tuple", "items": items}
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: encode_value(v, f"{slot}.{k}", bindings, unrecorded) for k, v in value.items()}
-    if isinstance(value, type) or callable(value) and not hasattr(value, "_nnh_init_kwargs"):
+    recorded = recorded_init(value)
+    if recorded is None and callable(value):  # classes, and functions
         path = import_path(value)
         if path is not None:
             return {_TAG: "import", "path": path}
-    elif hasattr(value, "_nnh_init_kwargs"):
+    elif recorded is not None:
         path = import_path(type(value))
         if path is not None:
+            args, kwargs = recorded
             state = value.state_dict() if callable(getattr(value, "state_dict", None)) else None
             return {
                 _TAG: "object",
                 "path": path,
-                "args": encode_value(list(getattr(value, "_nnh_init_args", ())), f"{slot}.args", bindings, unrecorded),
-                "kwargs": encode_value(dict(value._nnh_init_kwargs), f"{slot}.kwargs", bindings, unrecorded),
+                "args": encode_value(list(args), f"{slot}.args", bindings, unrecorded),
+                "kwargs": encode_value(dict(kwargs), f"{slot}.kwargs", bindings, unrecorded),
                 "state": encode_value(state, f"{slot}.state", bindings, unrecorded),
             }
     name = getattr(value, "__qualname__", None) or type(value).__qualname__

@@ -13,7 +13,9 @@ rather than a TensorDict because it is free to build on every step (0.2 us again
 
 Randomness is explicit: each step takes ready standard-normal ``noise`` (and ``uniform`` for
 the Metropolis test), or a ``torch.Generator`` to draw them from. There is no hidden use of the
-global RNG here; the classes in `nnh.stateful.mcmc` draw from it on the caller's behalf.
+global RNG here; `standard_normal_like` and `uniform_per_chain` make the draws the steps make,
+and draw from the global RNG only when passed ``generator=None``, as the classes in
+`nnh.stateful.mcmc` do on the caller's behalf.
 
 Divergence. A proposal whose position, energy or gradient is not finite is rejected per chain:
 the chain keeps its state and `StepInfo.finite` is False for it. Nothing non-finite is ever
@@ -52,6 +54,8 @@ __all__ = [
     "metropolis_accept",
     "reject_nonfinite",
     "select_chains",
+    "standard_normal_like",
+    "uniform_per_chain",
 ]
 
 EnergyAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]
@@ -203,29 +207,43 @@ def metropolis_accept(
     return state, StepInfo(state.energy, accept_prob, accepted, finite)
 
 
-def _standard_normal(like: Tensor, noise: Tensor | None, generator: torch.Generator | None, who: str) -> Tensor:
+def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x`` (its dtype and device), drawn from ``generator``;
+    None draws from the global RNG, as the classes in `nnh.stateful.mcmc` do by default."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def uniform_per_chain(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One U(0, 1) draw per chain of ``x`` (B, *event_shape): shape (B,), x's dtype and device;
+    from ``generator``, or the global RNG when it is None."""
+    return torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _given_noise(x: Tensor, noise: Tensor | None, generator: torch.Generator | None, who: str) -> Tensor:
+    # The steps take ready noise or a generator, never the global RNG implicitly.
     if noise is not None:
-        if noise.shape != like.shape:
+        if noise.shape != x.shape:
             raise ValueError(
-                f"{who}: noise has shape {tuple(noise.shape)} but the state x has {tuple(like.shape)}; "
+                f"{who}: noise has shape {tuple(noise.shape)} but the state x has {tuple(x.shape)}; "
                 "pass standard-normal noise shaped like x."
             )
         return noise
     if generator is None:
         raise ValueError(f"{who}: pass noise=... (standard normal, shaped like x) or generator=torch.Generator(...).")
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    return standard_normal_like(x, generator)
 
 
-def _uniform(n: int, like: Tensor, uniform: Tensor | None, generator: torch.Generator | None, who: str) -> Tensor:
+def _given_uniform(x: Tensor, uniform: Tensor | None, generator: torch.Generator | None, who: str) -> Tensor:
     if uniform is not None:
-        if uniform.shape != (n,):
+        if uniform.shape != (x.shape[0],):
             raise ValueError(
-                f"{who}: uniform has shape {tuple(uniform.shape)}; pass one U(0, 1) draw per chain, shape ({n},)."
+                f"{who}: uniform has shape {tuple(uniform.shape)}; pass one U(0, 1) draw per chain, "
+                f"shape ({x.shape[0]},)."
             )
         return uniform
     if generator is None:
         raise ValueError(f"{who}: pass uniform=... (U(0, 1), shape (B,)) or generator=torch.Generator(...).")
-    return torch.rand((n,), generator=generator, dtype=like.dtype, device=like.device)
+    return uniform_per_chain(x, generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +283,7 @@ def langevin_step(
     Returns:
         ``(new_state, StepInfo)``; ``accept_prob`` is 1 for finite proposals, 0 otherwise.
     """
-    xi = _standard_normal(state.x, noise, generator, "langevin_step")
+    xi = _given_noise(state.x, noise, generator, "langevin_step")
     x_new = langevin_proposal(state.x, state.grad, step_size, noise_scale, xi)
     energy, grad = energy_and_grad(x_new)
     return reject_nonfinite(state, ChainState(x_new, energy, grad), check_energy=False)
@@ -299,8 +317,8 @@ def mala_step(
         ``(new_state, StepInfo)``.
     """
     x, energy_x, grad_x = state
-    xi = _standard_normal(x, noise, generator, "mala_step")
-    u = _uniform(x.shape[0], x, uniform, generator, "mala_step")
+    xi = _given_noise(x, noise, generator, "mala_step")
+    u = _given_uniform(x, uniform, generator, "mala_step")
     temperature = noise_scale * noise_scale
     y = langevin_proposal(x, grad_x, step_size, noise_scale, xi)
     energy_y, grad_y = energy_and_grad(y)
@@ -387,8 +405,8 @@ def hmc_step(
     if n_leapfrog_steps < 1:
         raise ValueError(f"hmc_step: n_leapfrog_steps must be >= 1, got {n_leapfrog_steps}.")
     x = state.x
-    xi = _standard_normal(x, noise, generator, "hmc_step")
-    u = _uniform(x.shape[0], x, uniform, generator, "hmc_step")
+    xi = _given_noise(x, noise, generator, "hmc_step")
+    u = _given_uniform(x, uniform, generator, "hmc_step")
     p = xi * mass.sqrt() if isinstance(mass, Tensor) else xi * math.sqrt(mass)
     x_new, p_new, energy_new, grad_new = leapfrog(x, p, state.grad, energy_and_grad, step_size, n_leapfrog_steps, mass)
     log_alpha = (state.energy + kinetic_energy(p, mass)) - (energy_new + kinetic_energy(p_new, mass))

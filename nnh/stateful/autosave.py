@@ -64,6 +64,16 @@ class AutoSaver:
         self.last_saved = path if self.overwrite else None
 
 
+def log_keys(metrics: Iterable[str], callbacks: Iterable[Any]) -> tuple[set[str], set[str]]:
+    """(every key the epoch logs can hold, the keys that are floats) for these metrics and
+    callbacks (a callback lists the keys it adds in `log_keys`)."""
+    floats = {"loss", "val_loss", "lr", *metrics, *(f"val_{m}" for m in metrics)}
+    keys = {"epoch", *floats}
+    for cb in callbacks:
+        keys |= set(getattr(cb, "log_keys", ()))
+    return keys, floats
+
+
 def check_name(name: Any, log_keys: set[str], float_keys: Iterable[str]) -> None:
     """Refuse an auto-save name that the epoch logs can never format."""
     if not isinstance(name, str) or not name:

@@ -122,7 +122,23 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
                  strict_load: bool = False, skip_optimizer: bool = False, skip_scheduler: bool = False,
                  skip_history: bool = False, skip_callbacks: bool = False, skip_sampler_sde: bool = False,
                  skip_ema: bool = False, **provided: Any) -> Any:
-    """Rebuild a handler of class `cls` from a file written by `save` (see `NNHandler.load`)."""
+    """Rebuild a handler from a file written by `save`.
+
+    Objects the checkpoint recorded by name only are passed in by keyword: `model_class`,
+    `loss_fn`, `optimizer_class`, `scheduler_class`, `sampler_class`, `sde`, `sampler` (a
+    ready instance), `metrics` ({name: fn}), `model_kwargs` / `optimizer_kwargs` /
+    `scheduler_kwargs` / `loss_fn_kwargs` / `sampler_kwargs` ({name: value}, replacing or
+    adding single constructor arguments), `callbacks` (a list, replacing the saved ones).
+    Whatever is missing is reported, naming the keyword, before anything is built.
+
+    With `strict_load=False`, missing or unexpected weight keys are listed in a warning
+    (and the optimizer state then needs `skip_optimizer=True`); weights of another shape,
+    or none that fit, always raise. `skip_optimizer` also skips the scheduler.
+
+    Data loaders are not part of a checkpoint: set them again with `set_train_loader` /
+    `set_val_loader`. Then `train(total - handler.epoch)` continues exactly, also from a
+    mid-epoch preemption checkpoint (a `seed=` passed again is ignored: see `train`).
+    """
     path = os.fspath(path)
     ckpt = read_checkpoint(path, map_location="cpu")
     _check_header(ckpt, path)

@@ -21,7 +21,31 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One `train` call's settings (see `NNHandler.train` for their meaning)."""
+    """One `NNHandler.train` call's settings, checked when built.
+
+    Args:
+        epochs: epochs to run; 0 does nothing.
+        validate_every: validate every this many epochs (0: never); skipped epochs get NaN.
+        gradient_accumulation_steps: micro-batches per update; a short last window still
+            updates. Gradients are sample-weighted (see `nnh.func.train_step`).
+        use_amp: False, True (bf16 on CPU, fp16 with a loss scaler on CUDA), "bf16"/"fp16".
+        gradient_clipping_norm: clip the global gradient norm to this value.
+        ema_decay: > 0 keeps an EMA of the weights (across `train` calls), used for
+            validation and `predict`; the raw weights are never overwritten.
+        seed: seeds torch, CUDA, `random` and NumPy when the run starts (epoch 0 with no
+            resume point). A resumed run (a loaded checkpoint, a later `train` call)
+            keeps its RNG streams, so a job script may pass the same seed on every start;
+            a different seed there is ignored with a warning.
+        progress_bar: a tqdm bar per epoch with the running loss.
+        debug_print_interval: log the running loss every this many batches.
+        save_on_last_epoch: auto-save at the last epoch of this call (see `auto_save`).
+        epoch_train_and_val_pbar: one bar per epoch covering training and validation.
+        max_nonfinite_steps: a non-finite loss skips its window's update (a warning names
+            the batch); this many in a row raise a RuntimeError.
+        compile: run the whole step (forward, backward, optimizer update, EMA) as one
+            `torch.compile(fullgraph=True)` graph, compiled once per handler and reused
+            across epochs and calls; see `nnh.stateful.compiled`.
+    """
 
     epochs: int
     validate_every: int = 1
@@ -71,3 +95,17 @@ class TrainConfig:
     def validates(self, epoch: int) -> bool:
         """Whether epoch `epoch` (0-based) ends with validation."""
         return self.validate_every > 0 and (epoch + 1) % self.validate_every == 0
+
+
+def check_ready(config: TrainConfig, optimizer: Any, loss_fn: Any, train_loader: Any, val_loader: Any) -> None:
+    """Refuse a `train` call that lacks a part it needs, naming the setter to call."""
+    if optimizer is None:
+        raise RuntimeError("train needs an optimizer: call handler.set_optimizer(torch.optim.Adam, lr=1e-3) first.")
+    if loss_fn is None:
+        raise RuntimeError("train needs a loss: call handler.set_loss_fn(torch.nn.functional.cross_entropy) first.")
+    if train_loader is None:
+        raise RuntimeError("train needs training data: call handler.set_train_loader(dataset, batch_size=...) first.")
+    if config.validate_every > 0 and val_loader is None:
+        raise MissingValidationDataError(
+            f"train: validate_every={config.validate_every} but no validation data; call "
+            "handler.set_val_loader(dataset, ...) or pass validate_every=0.")

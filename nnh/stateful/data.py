@@ -140,3 +140,16 @@ def _is_plain_tensor_dataset(dataset: Any) -> bool:
             and cls.__len__ is TensorDataset.__len__
             # default_collate raises on sparse and nested tensors; keep that behaviour.
             and all(t.layout == torch.strided and not t.is_nested for t in dataset.tensors))
+
+
+def make_loader(which: str, dataset: Any, loader_kwargs: dict[str, Any]) -> DataLoader:
+    """The loader for `NNHandler.set_{which}_loader(dataset, **loader_kwargs)`: a ready
+    DataLoader as it is (with no kwargs), or `build_loader` over a dataset."""
+    if isinstance(dataset, DataLoader):
+        if loader_kwargs:
+            raise ValueError(f"set_{which}_loader got a ready DataLoader and loader kwargs {sorted(loader_kwargs)}; "
+                             "pass either a Dataset with kwargs or the DataLoader alone.")
+        return dataset
+    if not hasattr(dataset, "__getitem__") and not hasattr(dataset, "__iter__"):
+        raise TypeError(f"set_{which}_loader expects a Dataset or DataLoader, got {type(dataset).__name__}.")
+    return build_loader(dataset, **loader_kwargs)

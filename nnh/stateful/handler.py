@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -22,17 +21,17 @@ from torch.utils.data import DataLoader, Dataset
 from nnh.func.checkpoint import atomic_save
 from nnh.stateful import checkpoint, loop, reporting
 from nnh.stateful._logging import make_logger
-from nnh.stateful.autosave import AutoSaver, check_name
+from nnh.stateful.autosave import AutoSaver, check_name, log_keys
 from nnh.stateful.compiled import StepRunner
-from nnh.stateful.config import MissingValidationDataError, TrainConfig
-from nnh.stateful.data import build_loader
+from nnh.stateful.config import TrainConfig, check_ready
+from nnh.stateful.data import make_loader
 from nnh.stateful.enums import LoggingMode, ModelType
-from nnh.stateful.objective import make_objective
+from nnh.stateful.objective import LossSpec
 from nnh.stateful.parts import History, ModelPart, Optimization, Parts, Progress
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import seed_everything
 from nnh.stateful.runtime import Runtime
-from nnh.stateful.sampler import Sampler
+from nnh.stateful.sampler import Sampler, check_sampler, make_sampler
 
 __all__ = ["NNHandler"]
 
@@ -66,10 +65,7 @@ class NNHandler:
         self._optimization = Optimization()
         self._progress = Progress()
         self._history = History()
-        self._loss_fn: Callable | None = None
-        self._loss_fn_kwargs: dict[str, Any] = {}
-        self._pass_epoch_to_loss = False
-        self._objective: Any = None
+        self._loss = LossSpec()
         self._loaders: dict[str, tuple[Any, dict]] = {}
         self._metrics: dict[str, Callable] = {}
         self._callbacks: list[Any] = []
@@ -90,7 +86,7 @@ class NNHandler:
     model_type = property(lambda self: self._model_type)
     optimizer = property(lambda self: self._optimization.optimizer)
     scheduler = property(lambda self: self._optimization.scheduler)
-    loss_fn = property(lambda self: self._loss_fn)
+    loss_fn = property(lambda self: self._loss.fn)
     train_loader = property(lambda self: self._loaders.get("train", (None,))[0])
     val_loader = property(lambda self: self._loaders.get("val", (None,))[0])
     loader_specs = property(lambda self: dict(self._loaders), doc="{which: (loader, the kwargs it was built with)}.")
@@ -98,7 +94,6 @@ class NNHandler:
     callbacks = property(lambda self: self._callbacks)
     autosaver = property(lambda self: self._autosaver)
     preemption = property(lambda self: self._preemption)
-    sampler_spec = property(lambda self: None if self._sampler is None else (type(self._sampler), dict(self._sampler.init_kwargs)))
     train_losses = property(lambda self: self._history.train_losses)
     val_losses = property(lambda self: self._history.val_losses)
     train_metrics_history = property(lambda self: self._history.train_metrics)
@@ -126,42 +121,13 @@ class NNHandler:
             seed_everything(value)
         self._progress.seed = value
 
-    @property
-    def stop_training(self) -> bool:
-        """Set True (e.g. from a callback) to end `train` after the current batch or epoch."""
-        return self._progress.stop_training
+    stop_training = property(lambda self: self._progress.stop_training,
+                             lambda self, v: setattr(self._progress, "stop_training", bool(v)),
+                             doc="Set True (e.g. from a callback) to end `train` after this batch or epoch.")
 
-    @stop_training.setter
-    def stop_training(self, value: bool) -> None:
-        self._progress.stop_training = bool(value)
-
-    @property
-    def pass_epoch_to_loss(self) -> bool:
-        return self._pass_epoch_to_loss
-
-    @pass_epoch_to_loss.setter
-    def pass_epoch_to_loss(self, value: bool) -> None:
-        self._pass_epoch_to_loss, self._objective = bool(value), None
-
-    @property
-    def loss_fn_kwargs(self) -> dict[str, Any]:
-        return self._loss_fn_kwargs
-
-    @loss_fn_kwargs.setter
-    def loss_fn_kwargs(self, value: dict[str, Any]) -> None:
-        if not isinstance(value, dict):
-            raise TypeError(f"loss_fn_kwargs must be a dict, got {type(value).__name__}.")
-        self._loss_fn_kwargs, self._objective = dict(value), None
-
-    @property
-    def sampler(self) -> Sampler | None:
-        return self._sampler
-
-    @sampler.setter
-    def sampler(self, value: Sampler | None) -> None:
-        if value is not None and not isinstance(value, Sampler):
-            raise TypeError(f"sampler must be an nnh.Sampler instance or None, got {type(value).__name__}.")
-        self._sampler = value
+    pass_epoch_to_loss = property(lambda self: self._loss.pass_epoch, lambda self, v: self._loss.update(pass_epoch=v))
+    loss_fn_kwargs = property(lambda self: self._loss.kwargs, lambda self, v: self._loss.update(kwargs=v))
+    sampler = property(lambda self: self._sampler, lambda self, v: setattr(self, "_sampler", check_sampler(v)))
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: say where the attribute may live instead.
@@ -188,7 +154,6 @@ class NNHandler:
         part.save_code = bool(save_model_code)
         self._parts = Parts(part, self._optimization, self._progress, self._history)
         self._optimization.state = None
-        self._objective = None
         self._steps = StepRunner()
         if self._optimization.optimizer_spec is not None:
             self.set_optimizer(*self._optimization.optimizer_spec[:1], **self._optimization.optimizer_spec[1])
@@ -215,31 +180,17 @@ class NNHandler:
         """Set `loss_fn(output, targets, **kwargs)`; with `pass_epoch_to_loss`, the 0-based
         epoch is passed as `epoch=` when the loss accepts it. A tuple return back-propagates
         its first element."""
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {loss_fn!r}.")
-        self._loss_fn, self._pass_epoch_to_loss, self._loss_fn_kwargs = loss_fn, bool(pass_epoch_to_loss), dict(kwargs)
-        self._objective = None
+        self._loss.update(loss_fn, kwargs, pass_epoch_to_loss)
 
     def set_train_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
         """Training data: a Dataset (wrapped in `DataLoader(dataset, **loader_kwargs)`, fetching
         whole batches at once where the dataset allows, see `nnh.stateful.data`) or a ready
         DataLoader."""
-        self._loaders["train"] = (self._make_loader("train", dataset, loader_kwargs), dict(loader_kwargs))
+        self._loaders["train"] = (make_loader("train", dataset, loader_kwargs), dict(loader_kwargs))
 
     def set_val_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
         """Validation data, as `set_train_loader`."""
-        self._loaders["val"] = (self._make_loader("val", dataset, loader_kwargs), dict(loader_kwargs))
-
-    @staticmethod
-    def _make_loader(which: str, dataset: Any, loader_kwargs: dict) -> DataLoader:
-        if isinstance(dataset, DataLoader):
-            if loader_kwargs:
-                raise ValueError(f"set_{which}_loader got a ready DataLoader and loader kwargs {sorted(loader_kwargs)}; "
-                                 "pass either a Dataset with kwargs or the DataLoader alone.")
-            return dataset
-        if not hasattr(dataset, "__getitem__") and not hasattr(dataset, "__iter__"):
-            raise TypeError(f"set_{which}_loader expects a Dataset or DataLoader, got {type(dataset).__name__}.")
-        return build_loader(dataset, **loader_kwargs)
+        self._loaders["val"] = (make_loader("val", dataset, loader_kwargs), dict(loader_kwargs))
 
     def add_metric(self, name: str, metric_fn: Callable) -> None:
         """Track `metric_fn(output, targets) -> number` per epoch (sample-weighted mean)."""
@@ -269,14 +220,7 @@ class NNHandler:
 
     def set_sampler(self, sampler_class: type[Sampler] | Sampler, **sampler_kwargs: Any) -> None:
         """Use a custom `Sampler`: a class built with `sampler_kwargs`, or a ready instance."""
-        if isinstance(sampler_class, Sampler):
-            if sampler_kwargs:
-                raise ValueError("set_sampler got an instance and kwargs; pass kwargs only with a class.")
-            self.sampler = sampler_class
-            return
-        if not (inspect.isclass(sampler_class) and issubclass(sampler_class, Sampler)):
-            raise TypeError(f"set_sampler expects an nnh.Sampler subclass or instance, got {sampler_class!r}.")
-        self.sampler = sampler_class(**sampler_kwargs)
+        self._sampler = make_sampler(sampler_class, sampler_kwargs)
 
     def get_samples(self, N: int, device: torch.device | str | None = None) -> Any:
         """`N` samples from the custom sampler, on `device` (default: the handler's)."""
@@ -307,30 +251,8 @@ class NNHandler:
               compile: bool = False) -> None:
         """Train for `epochs` more epochs (a second call continues the epoch count).
 
-        Args:
-            epochs: epochs to run; 0 does nothing.
-            validate_every: validate every this many epochs (0: never); skipped epochs get NaN.
-            gradient_accumulation_steps: micro-batches per update; a short last window still
-                updates. Gradients are sample-weighted (see `nnh.func.train_step`).
-            use_amp: False, True (bf16 on CPU, fp16 with a loss scaler on CUDA), "bf16"/"fp16".
-            gradient_clipping_norm: clip the global gradient norm to this value.
-            ema_decay: > 0 keeps an EMA of the weights (across `train` calls), used for
-                validation and `predict`; the raw weights are never overwritten.
-            seed: seeds torch, CUDA, `random` and NumPy when the run starts (epoch 0 with no
-                resume point). A resumed run (a loaded checkpoint, a later `train` call)
-                keeps its RNG streams, so a job script may pass the same seed on every start;
-                a different seed there is ignored with a warning.
-            progress_bar: a tqdm bar per epoch with the running loss.
-            debug_print_interval: log the running loss every this many batches.
-            save_on_last_epoch: auto-save at the last epoch of this call (see `auto_save`).
-            epoch_train_and_val_pbar: one bar per epoch covering training and validation.
-            max_nonfinite_steps: a non-finite loss skips its window's update (a warning names
-                the batch); this many in a row raise a RuntimeError.
-            compile: run the whole step (forward, backward, optimizer update, EMA) as one
-                `torch.compile(fullgraph=True)` graph, compiled once per handler and reused
-                across epochs and calls; see `nnh.stateful.compiled`.
-
-        The hook order is spelled out in `nnh.stateful.loop.fit`.
+        The arguments are those of `nnh.stateful.config.TrainConfig` (documented there), checked
+        before any work starts; the hook order is spelled out in `nnh.stateful.loop.fit`.
         """
         config = TrainConfig(epochs, validate_every, gradient_accumulation_steps, use_amp, gradient_clipping_norm,
                              ema_decay, seed, progress_bar, debug_print_interval, save_on_last_epoch,
@@ -338,44 +260,21 @@ class NNHandler:
         amp_dtype = config.amp_dtype(self.device)
         if epochs == 0:
             return
-        self._check_ready(config)
-        self._apply_seed(seed)
+        check_ready(config, self.optimizer, self._loss.fn, self.train_loader, self.val_loader)
+        objective = self._loss.objective(self._model_type)
+        if self._progress.starts_with_seed(seed):
+            self.seed = seed
         opt, module = self._optimization, self.module
         opt.require_state(module)
         if amp_dtype == torch.float16:
             opt.ensure_scaler(module)
         if ema_decay > 0:
             opt.ensure_ema(module)
-        run = loop.Fit(objective=self._objective, train_loader=self.train_loader, val_loader=self.val_loader,
+        run = loop.Fit(objective=objective, train_loader=self.train_loader, val_loader=self.val_loader,
                        metrics=self._metrics, callbacks=self._callbacks, runtime=self._runtime,
                        autosaver=self._autosaver, preemption=self._preemption, save=self.save, log=self._info,
                        step=self._steps.step_fn(compile, opt.optimizer))
         loop.fit(self._parts, config, run)
-
-    def _check_ready(self, config: TrainConfig) -> None:
-        if self.optimizer is None:
-            raise RuntimeError("train needs an optimizer: call handler.set_optimizer(torch.optim.Adam, lr=1e-3) first.")
-        if self._loss_fn is None:
-            raise RuntimeError("train needs a loss: call handler.set_loss_fn(torch.nn.functional.cross_entropy) first.")
-        if self.train_loader is None:
-            raise RuntimeError("train needs training data: call handler.set_train_loader(dataset, batch_size=...) first.")
-        if config.validate_every > 0 and self.val_loader is None:
-            raise MissingValidationDataError(
-                f"train: validate_every={config.validate_every} but no validation data; call "
-                "handler.set_val_loader(dataset, ...) or pass validate_every=0.")
-        if self._objective is None:
-            pass_epoch = self._pass_epoch_to_loss and _accepts_kwarg(self._loss_fn, "epoch")
-            self._objective = make_objective(self._model_type, self._loss_fn, self._loss_fn_kwargs, pass_epoch)
-
-    def _apply_seed(self, seed: int | None) -> None:
-        if seed is None:
-            return
-        if self._progress.epoch == 0 and self._progress.resume is None:
-            self.seed = seed
-        elif seed != self._progress.seed:
-            warnings.warn(f"train: seed={seed} ignored; this run resumes at epoch {self._progress.epoch} and keeps "
-                          f"its RNG streams (started with seed {self._progress.seed}), so it continues exactly. "
-                          "Pass the seed the run started with, or none.", UserWarning, stacklevel=3)
 
     def eval(self, activate: bool = True, log: bool = True) -> None:
         """Put the model in eval mode (`activate=True`) or train mode; modules registered with
@@ -440,23 +339,9 @@ class NNHandler:
              skip_optimizer: bool = False, skip_scheduler: bool = False, skip_history: bool = False,
              skip_callbacks: bool = False, skip_sampler_sde: bool = False, skip_ema: bool = False,
              **provided: Any) -> "NNHandler":
-        """Rebuild a handler from a file written by `save`.
-
-        Objects the checkpoint recorded by name only are passed in by keyword: `model_class`,
-        `loss_fn`, `optimizer_class`, `scheduler_class`, `sampler_class`, `sde`, `sampler` (a
-        ready instance), `metrics` ({name: fn}), `model_kwargs` / `optimizer_kwargs` /
-        `scheduler_kwargs` / `loss_fn_kwargs` / `sampler_kwargs` ({name: value}, replacing or
-        adding single constructor arguments), `callbacks` (a list, replacing the saved ones).
-        Whatever is missing is reported, naming the keyword, before anything is built.
-
-        With `strict_load=False`, missing or unexpected weight keys are listed in a warning
-        (and the optimizer state then needs `skip_optimizer=True`); weights of another shape,
-        or none that fit, always raise. `skip_optimizer` also skips the scheduler.
-
-        Data loaders are not part of a checkpoint: set them again with `set_train_loader` /
-        `set_val_loader`. Then `train(total - handler.epoch)` continues exactly, also from a
-        mid-epoch preemption checkpoint (a `seed=` passed again is ignored: see `train`).
-        """
+        """Rebuild a handler from a file written by `save`; see `nnh.stateful.checkpoint.load_handler`
+        for the keywords that supply objects recorded by name, `strict_load` and the `skip_*`
+        flags. Set the data loaders again, then `train(total - handler.epoch)` continues exactly."""
         return checkpoint.load_handler(cls, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history,
                                        skip_callbacks, skip_sampler_sde, skip_ema, **provided)
 
@@ -474,19 +359,10 @@ class NNHandler:
                   overwrite: bool = False) -> None:
         """Save the whole handler during `train`: see `nnh.stateful.autosave.AutoSaver`
         (e.g. ``name="ckpt_{epoch:03d}_{val_loss:.3f}"``)."""
-        self._autosaver.configure(interval, save_path, name, overwrite, self._log_keys(), self._float_keys())
-
-    def _log_keys(self) -> set[str]:
-        keys = {"epoch", "loss", "val_loss", "lr", *self._metrics, *(f"val_{m}" for m in self._metrics)}
-        for cb in self._callbacks:
-            keys |= set(getattr(cb, "log_keys", ()))
-        return keys
-
-    def _float_keys(self) -> set[str]:
-        return {"loss", "val_loss", "lr", *self._metrics, *(f"val_{m}" for m in self._metrics)}
+        self._autosaver.configure(interval, save_path, name, overwrite, *log_keys(self._metrics, self._callbacks))
 
     def _set_name(self, name: str) -> None:
-        check_name(name, self._log_keys(), self._float_keys())
+        check_name(name, *log_keys(self._metrics, self._callbacks))
         self._autosaver.name = name
 
     save_interval = property(lambda self: self._autosaver.interval,
@@ -519,11 +395,3 @@ class NNHandler:
 
     def _info(self, msg: str) -> None:
         (self._logger or _log).info(msg)
-
-
-def _accepts_kwarg(fn: Callable, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)

@@ -6,6 +6,8 @@ convention) and `metric_target(batch)`, what metrics compare the output with.
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any, Callable, Protocol
 
 from torch import Tensor
@@ -13,7 +15,7 @@ from torch import Tensor
 from nnh.stateful._batches import unpack_batch
 from nnh.stateful.enums import ModelType
 
-__all__ = ["Objective", "SupervisedObjective", "GenerativeObjective", "make_objective"]
+__all__ = ["Objective", "SupervisedObjective", "GenerativeObjective", "make_objective", "LossSpec"]
 
 
 class Objective(Protocol):
@@ -73,3 +75,41 @@ def make_objective(model_type: ModelType, loss_fn: Callable, loss_kwargs: dict[s
         raise NotImplementedError("train: score-based training (model_type='score_based') is not part of this nnh release.")
     cls = GenerativeObjective if model_type is ModelType.GENERATIVE else SupervisedObjective
     return cls(loss_fn, loss_kwargs, pass_epoch, model_type)
+
+
+class LossSpec:
+    """The user's loss as set on a handler (`fn`, `kwargs`, `pass_epoch`) and the objective
+    built from it, kept while nothing changes (a compiled step stays valid)."""
+
+    def __init__(self) -> None:
+        self.fn: Callable | None = None
+        self.kwargs: dict[str, Any] = {}
+        self.pass_epoch = False
+        self._objective: SupervisedObjective | None = None
+
+    def update(self, fn: Any = None, kwargs: Any = None, pass_epoch: Any = None) -> None:
+        if fn is not None:
+            if not callable(fn):
+                raise TypeError(f"loss_fn must be callable, got {fn!r}.")
+            self.fn = fn
+        if kwargs is not None:
+            if not isinstance(kwargs, dict):
+                raise TypeError(f"loss_fn_kwargs must be a dict, got {type(kwargs).__name__}.")
+            self.kwargs = dict(kwargs)
+        if pass_epoch is not None:
+            self.pass_epoch = bool(pass_epoch)
+        self._objective = None
+
+    def objective(self, model_type: ModelType) -> SupervisedObjective:
+        if self._objective is None or self._objective.model_type is not model_type:
+            pass_epoch = self.pass_epoch and _accepts_kwarg(self.fn, "epoch")
+            self._objective = make_objective(model_type, self.fn, self.kwargs, pass_epoch)
+        return self._objective
+
+
+def _accepts_kwarg(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -168,6 +169,20 @@ class Progress:
     resume: dict[str, Any] | None = None
     mid_epoch: dict[str, Any] | None = None
     epoch_rng: dict[str, Any] | None = None
+
+    def starts_with_seed(self, seed: int | None) -> bool:
+        """Whether a `train(seed=seed)` call seeds: only a run that starts (epoch 0, no resume
+        point). A resumed run keeps its RNG streams; a seed other than its own is ignored
+        with a warning (a job script passes the same seed on every start)."""
+        if seed is None:
+            return False
+        if self.epoch == 0 and self.resume is None:
+            return True
+        if seed != self.seed:
+            warnings.warn(f"train: seed={seed} ignored; this run resumes at epoch {self.epoch} and keeps its RNG "
+                          f"streams (started with seed {self.seed}), so it continues exactly. Pass the seed the "
+                          "run started with, or none.", UserWarning, stacklevel=3)
+        return False
 
 
 @dataclass

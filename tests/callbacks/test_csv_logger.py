@@ -1,5 +1,6 @@
 import csv
 import math
+import os
 
 import pytest
 import torch
@@ -87,3 +88,16 @@ def test_resuming_a_foreign_file_is_refused(handler, tmp_path):
 def test_bad_path_raises():
     with pytest.raises(ValueError, match="path=''"):
         CSVLogger("")
+
+
+def test_the_rewritten_file_gets_the_umask_mode_and_leaves_no_temporary(handler, tmp_path):
+    path = tmp_path / "h.csv"
+    handler.add_callback(CSVLogger(path))
+    old = os.umask(0o022)
+    try:
+        handler.fake_train([{"loss": 0.5}, {"loss": 0.4, "acc": 0.1}])  # the second widens: a rewrite
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644  # as open(path, "w") gives, not mkstemp's 0600
+    assert os.listdir(tmp_path) == ["h.csv"]
+    assert _read(path)[0][-1] == "acc"

@@ -29,6 +29,8 @@ from nnh.func import (
     read_checkpoint,
     state_to_dict,
 )
+from nnh._init_record import RecordsInit, recorded_init
+from nnh.func.checkpoint import atomic_write
 from nnh.stateful.enums import ModelType
 from tests._models import CHILD_ENV, CountingCallback
 
@@ -178,6 +180,25 @@ def test_read_checkpoint_missing_file(tmp_path):
         read_checkpoint(tmp_path / "nope.pth")
 
 
+def test_atomic_write_text_mode_writes_as_given_and_a_failure_keeps_the_old_file(tmp_path):
+    path = tmp_path / "new" / "log.csv"
+    old = os.umask(0o027)
+    try:
+        atomic_write(path, lambda f: f.write("a,b\r\n1,2\r\n"), text=True)
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"a,b\r\n1,2\r\n"  # newline="": no translation
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+    def broken(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert os.listdir(path.parent) == ["log.csv"] and path.read_bytes() == b"a,b\r\n1,2\r\n"
+
+
 # ---------------------------------------------------------------------------- import paths
 def test_import_path_of_importable_and_non_importable_objects():
     assert import_path(torch.optim.AdamW) == "torch.optim.adamw:AdamW"
@@ -246,6 +267,39 @@ def test_bound_objects_and_recorded_constructors():
     cb.epochs_seen = 4
     back = decode_value(encode_value(cb, "callbacks[0]"))
     assert type(back) is CountingCallback and back.tag == "z" and back.epochs_seen == 4
+
+
+class Recorded(RecordsInit):
+    """Records its arguments with the path hook, as `nnh.callbacks.Callback` does."""
+
+    @classmethod
+    def _recorded_value(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    def __init__(self, where, scale=1.0):  # no super().__init__: recorded all the same
+        self.where, self.scale = where, scale
+
+
+def test_records_init_is_the_one_recorder_and_encode_value_reads_it(tmp_path):
+    from nnh import ConstantScheduler, HarmonicModel, LangevinDynamics
+    from nnh.callbacks import Callback, EarlyStopping
+
+    obj = Recorded(tmp_path / "a", scale=2.0)
+    assert (obj.init_args, obj.init_kwargs) == ((str(tmp_path / "a"),), {"scale": 2.0})
+    assert recorded_init(obj) == ((str(tmp_path / "a"),), {"scale": 2.0})
+    encoded = encode_value(obj, "x")
+    assert encoded["path"].endswith(":Recorded") and encoded["kwargs"] == {"scale": 2.0}
+    back = decode_value(encoded)
+    assert type(back) is Recorded and (back.where, back.scale) == (str(tmp_path / "a"), 2.0)
+    # The three families share it; the public attributes are what a checkpoint stores.
+    early, constant = EarlyStopping(patience=3), ConstantScheduler(0.5)
+    langevin = LangevinDynamics(HarmonicModel(), step_size=constant)
+    assert all(isinstance(o, RecordsInit) for o in (early, constant, langevin))
+    assert issubclass(Callback, RecordsInit) and early.handler is None
+    assert langevin.init_kwargs["step_size"] is constant
+    assert decode_value(encode_value(constant, "s")).get_value() == 0.5
+    # Classes are never taken for recorded objects, and a plain object records nothing.
+    assert recorded_init(Recorded) is None and recorded_init(object()) is None
 
 
 def test_unknown_tag_is_reported_as_a_newer_format():

@@ -1,13 +1,17 @@
 r"""`BaseSampler`: the shared shell of the MCMC samplers (scheduler registry, the sampling loop).
 
-A subclass implements one transition, ``_transition(state, generator) -> (state, StepInfo)``,
-usually a call to a pure step of `nnh.func.mcmc`; `BaseSampler.sample` does the rest: initial
-state, the scheduler clock, thinning, the trajectory and the diagnostics.
+A subclass implements one of two things:
+
+- one transition, ``_transition(state, generator) -> (state, StepInfo)``, usually a call to a
+  pure step of `nnh.func.mcmc`; `BaseSampler.sample` does the rest: initial state, the
+  scheduler clock, thinning, the trajectory and the diagnostics;
+- or its own ``sample(...)`` loop, using the scheduler registry (`register_scheduler`,
+  `get_scheduled_value`, `step_schedulers`, `reset_schedulers`), ``self.model``,
+  ``self.dtype`` and ``self.device``.
 """
 
 from __future__ import annotations
 
-import abc
 import math
 from typing import Any, Callable, Union
 
@@ -39,6 +43,14 @@ def _count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}.")
     return value
+
+
+def _no_transition(owner: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{owner} implements neither _transition nor sample: define "
+        "_transition(self, state, generator) -> (state, StepInfo | None) to use BaseSampler.sample, "
+        "or override sample(...) with your own loop."
+    )
 
 
 class BaseSampler(Sampler):
@@ -153,10 +165,12 @@ class BaseSampler(Sampler):
             )
         return state
 
-    @abc.abstractmethod
     def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo | None]:
         """One transition with the current scheduled values. Returns the new state and its
-        `StepInfo`, or None when the step guarantees every chain is finite and moved."""
+        `StepInfo`, or None when the step guarantees every chain is finite and moved.
+
+        Not abstract: a subclass that overrides `sample` itself needs none."""
+        raise _no_transition(type(self).__name__)
 
     def _energy_for_diagnostics(self, state: ChainState) -> Tensor:
         return state.energy
@@ -230,6 +244,8 @@ class BaseSampler(Sampler):
             generator: a torch.Generator for every random draw (default: the global RNG).
         """
         owner = f"{type(self).__name__}.sample"
+        if type(self)._transition is BaseSampler._transition:
+            raise _no_transition(type(self).__name__)  # before any model evaluation
         if isinstance(N, Tensor):
             if x is not None:
                 raise ValueError(f"{owner}: got a tensor as N and x=...; pass the initial state once.")
@@ -289,12 +305,3 @@ class BaseSampler(Sampler):
             diag["acceptance_rate"][kept] = accepted_sum / window
             accepted_sum.zero_()
 
-
-def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x, from ``generator`` or the global RNG."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
-def uniform_per_chain(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One U(0, 1) draw per chain, shape (B,)."""
-    return torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=x.device)

@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nnh.func.mcmc import ChainState, StepInfo, hmc_step
-from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue, _count, standard_normal_like, uniform_per_chain
+from nnh.func.mcmc import ChainState, StepInfo, hmc_step, standard_normal_like, uniform_per_chain
+from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue, _count
 
 __all__ = ["HamiltonianMonteCarlo"]
 

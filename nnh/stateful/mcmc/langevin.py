@@ -8,8 +8,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nnh.func.mcmc import ChainState, StepInfo, langevin_proposal, langevin_step, reject_nonfinite
-from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue, standard_normal_like
+from nnh.func.mcmc import (
+    ChainState,
+    StepInfo,
+    langevin_proposal,
+    langevin_step,
+    reject_nonfinite,
+    standard_normal_like,
+)
+from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
 
 __all__ = ["LangevinDynamics"]
 

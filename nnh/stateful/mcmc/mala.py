@@ -7,8 +7,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nnh.func.mcmc import ChainState, StepInfo, mala_step
-from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue, standard_normal_like, uniform_per_chain
+from nnh.func.mcmc import ChainState, StepInfo, mala_step, standard_normal_like, uniform_per_chain
+from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
 
 __all__ = ["MALA"]
 

@@ -18,6 +18,8 @@ import abc
 import math
 from typing import Any, Sequence
 
+from nnh._init_record import RecordsInit
+
 __all__ = [
     "BaseScheduler",
     "ConstantScheduler",
@@ -51,27 +53,13 @@ def _positive_int(owner: str, name: str, value: Any) -> int:
     return value
 
 
-class BaseScheduler(abc.ABC):
+class BaseScheduler(RecordsInit, abc.ABC):
     """A schedule v(k). Subclasses implement `value_at(k)`, a pure function of the step."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "BaseScheduler":
-        obj = super().__new__(cls)
-        obj._nnh_init_args = tuple(args)
-        obj._nnh_init_kwargs = dict(kwargs)
-        return obj
 
     def __init__(self, start_value: float) -> None:
         self.start_value = _finite_number(type(self).__name__, "start_value", start_value)
         self.step_count = 0
         self.current_value = self.value_at(0)
-
-    @property
-    def init_args(self) -> tuple:
-        return self._nnh_init_args
-
-    @property
-    def init_kwargs(self) -> dict:
-        return self._nnh_init_kwargs
 
     @abc.abstractmethod
     def value_at(self, k: int) -> float:
