@@ -1,8 +1,59 @@
 """nnh: one handler object for a PyTorch model's whole life, over a functional core."""
 
 from nnh._version import __version__
-from nnh.stateful import LoggingMode, ModelType, NNHandler, Sampler, load_model_code
-from nnh.stateful.mcmc import *  # noqa: F401,F403  (MCMC samplers, energy models, schedulers, CD)
-from nnh.stateful.mcmc import __all__ as _mcmc_all
+from nnh.stateful import LoggingMode
+from nnh.stateful import ModelType
+from nnh.stateful import NNHandler
+from nnh.stateful import Sampler
+from nnh.stateful import load_model_code
+from nnh.stateful.mcmc.energy import AckleyModel
+from nnh.stateful.mcmc.energy import BaseModel
+from nnh.stateful.mcmc.base import BaseSampler
+from nnh.stateful.mcmc.schedulers import BaseScheduler
+from nnh.stateful.mcmc.schedulers import ConstantScheduler
+from nnh.stateful.mcmc.contrastive_divergence import ContrastiveDivergence
+from nnh.stateful.mcmc.schedulers import CosineScheduler
+from nnh.stateful.mcmc.energy import DoubleWellModel
+from nnh.stateful.mcmc.schedulers import ExponentialDecayScheduler
+from nnh.stateful.mcmc.energy import GaussianModel
+from nnh.stateful.mcmc.hmc import HamiltonianMonteCarlo
+from nnh.stateful.mcmc.energy import HarmonicModel
+from nnh.stateful.mcmc.langevin import LangevinDynamics
+from nnh.stateful.mcmc.schedulers import LinearScheduler
+from nnh.stateful.mcmc.mala import MALA
+from nnh.stateful.mcmc.schedulers import MultiStepScheduler
+from nnh.stateful.mcmc.plotting import plot_samples_vs_density
+from nnh.stateful.mcmc.plotting import plot_trajectory
+from nnh.stateful.mcmc.energy import RastriginModel
+from nnh.stateful.mcmc.energy import RosenbrockModel
+from nnh.stateful.mcmc.schedulers import WarmupScheduler
 
-__all__ = ["__version__", "LoggingMode", "ModelType", "NNHandler", "Sampler", "load_model_code", *_mcmc_all]
+__all__ = [
+    "__version__",
+    "LoggingMode",
+    "ModelType",
+    "NNHandler",
+    "Sampler",
+    "load_model_code",
+    "AckleyModel",
+    "BaseModel",
+    "BaseSampler",
+    "BaseScheduler",
+    "ConstantScheduler",
+    "ContrastiveDivergence",
+    "CosineScheduler",
+    "DoubleWellModel",
+    "ExponentialDecayScheduler",
+    "GaussianModel",
+    "HamiltonianMonteCarlo",
+    "HarmonicModel",
+    "LangevinDynamics",
+    "LinearScheduler",
+    "MALA",
+    "MultiStepScheduler",
+    "plot_samples_vs_density",
+    "plot_trajectory",
+    "RastriginModel",
+    "RosenbrockModel",
+    "WarmupScheduler",
+]

@@ -3,56 +3,96 @@
 Usable in custom loops and under `torch.compile`; `nnh.stateful` is a thin shell over them.
 """
 
-from nnh.func.amp import unscale_grads, update_scale
-from nnh.func.ema import ema_source, ema_update, init_ema
-from nnh.func.optim import has_functional_update, init_optimizer_state, optimizer_update
-from nnh.func.train import batch_size_of, clip_grad_norm, init_train_state, train_step
-from nnh.func.mcmc import *  # noqa: F401,F403  (the MCMC steps: langevin_step, mala_step, hmc_step)
-from nnh.func.mcmc import __all__ as _mcmc_all
+from nnh.func.amp import unscale_grads
+from nnh.func.amp import update_scale
+from nnh.func.ema import ema_source
+from nnh.func.ema import ema_update
+from nnh.func.ema import init_ema
+from nnh.func.optim import has_functional_update
+from nnh.func.optim import init_optimizer_state
+from nnh.func.optim import optimizer_update
+from nnh.func.train import batch_size_of
+from nnh.func.train import clip_grad_norm
+from nnh.func.train import init_train_state
+from nnh.func.train import train_step
+from nnh.func.checkpoint import atomic_save
+from nnh.func.checkpoint import atomic_write
+from nnh.func.checkpoint import CheckpointError
+from nnh.func.checkpoint import decode_value
+from nnh.func.checkpoint import encode_value
+from nnh.func.checkpoint import find_unrecorded
+from nnh.func.checkpoint import FORMAT_VERSION
+from nnh.func.checkpoint import import_object
+from nnh.func.checkpoint import import_path
+from nnh.func.checkpoint import load_state_from_dict
+from nnh.func.checkpoint import read_checkpoint
+from nnh.func.checkpoint import state_to_dict
+from nnh.func.checkpoint import Unrecorded
+from nnh.func.mcmc import autograd_energy_and_grad
+from nnh.func.mcmc import ChainState
+from nnh.func.mcmc import effective_sample_size
+from nnh.func.mcmc import energy_and_grad_fn
+from nnh.func.mcmc import EnergyAndGrad
+from nnh.func.mcmc import event_sum
+from nnh.func.mcmc import func_energy_and_grad
+from nnh.func.mcmc import hmc_step
+from nnh.func.mcmc import init_chain_state
+from nnh.func.mcmc import kinetic_energy
+from nnh.func.mcmc import langevin_proposal
+from nnh.func.mcmc import langevin_step
+from nnh.func.mcmc import leapfrog
+from nnh.func.mcmc import mala_step
+from nnh.func.mcmc import metropolis_accept
+from nnh.func.mcmc import reject_nonfinite
+from nnh.func.mcmc import select_chains
+from nnh.func.mcmc import standard_normal_like
+from nnh.func.mcmc import StepInfo
+from nnh.func.mcmc import uniform_per_chain
 
 __all__ = [
-    "batch_size_of",
-    "clip_grad_norm",
-    "ema_source",
-    "ema_update",
-    "has_functional_update",
-    "init_ema",
-    "init_optimizer_state",
-    "init_train_state",
-    "optimizer_update",
-    "train_step",
     "unscale_grads",
     "update_scale",
-]
-
-from nnh.func.checkpoint import (  # noqa: E402
-    FORMAT_VERSION,
-    CheckpointError,
-    Unrecorded,
-    atomic_save,
-    decode_value,
-    encode_value,
-    find_unrecorded,
-    import_object,
-    import_path,
-    load_state_from_dict,
-    read_checkpoint,
-    state_to_dict,
-)
-
-__all__ += [
-    "FORMAT_VERSION",
-    "CheckpointError",
-    "Unrecorded",
+    "ema_source",
+    "ema_update",
+    "init_ema",
+    "has_functional_update",
+    "init_optimizer_state",
+    "optimizer_update",
+    "batch_size_of",
+    "clip_grad_norm",
+    "init_train_state",
+    "train_step",
     "atomic_save",
+    "atomic_write",
+    "CheckpointError",
     "decode_value",
     "encode_value",
     "find_unrecorded",
+    "FORMAT_VERSION",
     "import_object",
     "import_path",
     "load_state_from_dict",
     "read_checkpoint",
     "state_to_dict",
+    "Unrecorded",
+    "autograd_energy_and_grad",
+    "ChainState",
+    "effective_sample_size",
+    "energy_and_grad_fn",
+    "EnergyAndGrad",
+    "event_sum",
+    "func_energy_and_grad",
+    "hmc_step",
+    "init_chain_state",
+    "kinetic_energy",
+    "langevin_proposal",
+    "langevin_step",
+    "leapfrog",
+    "mala_step",
+    "metropolis_accept",
+    "reject_nonfinite",
+    "select_chains",
+    "standard_normal_like",
+    "StepInfo",
+    "uniform_per_chain",
 ]
-
-__all__ += list(_mcmc_all)

@@ -58,10 +58,14 @@ def load_state_from_dict(state: TensorDict, data: dict[str, Any], *, strict: boo
 
     In-place copies keep every reference valid: the state's params are the module's own
     parameters, so loading the state loads the module. With `strict`, a key present on one
-    side only, or a shape that differs, raises `CheckpointError` listing all of them.
+    side only, or a shape that differs, raises `CheckpointError` listing all of them. A
+    state written before `acc_nonfinite` existed loads with that flag cleared.
     """
     missing, unexpected, mismatched = [], [], []
     _copy_into(state, data, "", missing, unexpected, mismatched)
+    if "acc_nonfinite" in missing and "acc_nonfinite" in state.keys():
+        missing.remove("acc_nonfinite")
+        state["acc_nonfinite"].zero_()
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(
             "load_state_from_dict: the checkpoint does not fit the state; "

@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 from tensordict import TensorDict
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["ema_update", "init_ema", "ema_source"]
 
 
-def ema_update(ema: TensorDict, params: TensorDict, decay: float) -> TensorDict:
+def ema_update(ema: TensorDict, params: Mapping[str, Any], decay: float | Tensor) -> TensorDict:
     """Update `ema` in place towards `params` and return it:
 
         ema <- decay * ema + (1 - decay) * params
 
     for every leaf, as a single `torch._foreach_lerp_` over all leaves (lerp with weight
-    1 - decay is exactly the formula above). `ema` and `params` must hold the same keys in
-    the same order, as `init_ema` and `ema_source` build them. Runs under
+    1 - decay is exactly the formula above). `params` is any mapping (a `TensorDict`, a dict)
+    whose values, walked in order, match the leaves of `ema`, as `init_ema` and `ema_source`
+    build them. `decay` is a float in [0, 1] (checked), or a 0-d tensor (not checked: that
+    would read it on the host); then 1 - decay is taken in its dtype and cast to each leaf's,
+    and decay = 1 leaves `ema` unchanged, which gates the update on the device. Runs under
     `torch.compile(fullgraph=True)`.
     """
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"ema_update: decay={decay!r} must lie in [0, 1], e.g. 0.999.")
     targets, sources = _leaves(ema), _leaves(params)
+    if len(targets) != len(sources):
+        raise ValueError(f"ema_update: ema has {len(targets)} leaves but params has {len(sources)}; "
+                         "build both from the same module (init_ema, ema_source).")
     with torch.no_grad():
-        torch._foreach_lerp_(targets, sources, 1.0 - decay)
+        if isinstance(decay, Tensor):
+            weight = 1 - decay
+            # The list overload: the Scalar one would read a tensor weight on the host.
+            torch._foreach_lerp_(targets, sources, [weight.to(t.dtype) for t in targets])
+        else:
+            if not 0.0 <= decay <= 1.0:
+                raise ValueError(f"ema_update: decay={decay!r} must lie in [0, 1], e.g. 0.999.")
+            torch._foreach_lerp_(targets, sources, 1.0 - decay)
     return ema
 
 
-def _leaves(td: TensorDict) -> list[torch.Tensor]:
+def _leaves(td: Mapping[str, Any]) -> list[Tensor]:
     # A plain walk: `values(include_nested=True, leaves_only=True)` costs ~60 us per call on a
     # 256-leaf state, more than the lerp itself on small models (benchmarks/ema.py).
-    out: list[torch.Tensor] = []
+    out: list[Tensor] = []
     for value in td.values():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, Tensor):
             out.append(value)
         else:
             out.extend(_leaves(value))

@@ -69,65 +69,107 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def optimizer_update(optimizer: torch.optim.Optimizer, step: Tensor) -> None:
+def optimizer_update(optimizer: torch.optim.Optimizer, step: Tensor, found_inf: Tensor | None = None) -> None:
     """Apply one update to the parameters of `optimizer` from their `.grad`, in place.
 
     Args:
         optimizer: the optimizer whose `param_groups` give parameters and hyperparameters.
         step: int64 scalar tensor, the number of updates applied before this one (used by
             SGD to treat its first momentum step as torch does).
+        found_inf: optional 1-element tensor (float or bool); where it is nonzero the update
+            is skipped: no parameter or state tensor changes. SGD/Adam/AdamW gate every
+            in-place op on the device (no host read, traceable); with `found_inf` 0 their
+            results equal the ungated update bitwise. Other optimizers read it on the host
+            (one sync) to decide whether to call `step()`.
 
     SGD/Adam/AdamW use the foreach updates below; other classes call `optimizer.step()`.
     Parameters whose `.grad` is None are left untouched, as `torch.optim` does.
     """
     kind = _kind(optimizer)
     if kind is None or not has_functional_update(optimizer):
-        optimizer.step()
+        if found_inf is None or not bool(found_inf):  # host read: `step()` must know whether to run
+            optimizer.step()
         return
+    ok = None if found_inf is None else found_inf.reshape(()) == 0
     update = _UPDATES[kind]
     for group in optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None]
         if params:
-            update(optimizer, group, params, step)
+            update(optimizer, group, params, step, ok)
     if not torch.compiler.is_compiling():
         # LR schedulers check this flag (set by `Optimizer.step`) to warn about calls made
         # before any update; the foreach path is an update too.
         optimizer._opt_called = True  # type: ignore[attr-defined]
 
 
-def _signed_grads(group: dict, params: list[Tensor]) -> list[Tensor]:
+def _gate(ok: Tensor | None, value: float | Tensor, identity: float, like: Tensor) -> float | Tensor:
+    """`value`, or where `ok` is False the coefficient that makes its op an identity.
+
+    Ungated (`ok` None) the value is returned as it is, so that path runs the kernels it
+    always ran. Gated, a Python float becomes a 0-d tensor in the compute precision of
+    `like` (float32 for half types, as the foreach kernels use for Python scalars)."""
+    if ok is None:
+        return value
+    if not isinstance(value, Tensor):
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        value = torch.full((), value, dtype=dtype, device=like.device)
+    return torch.where(ok, value, identity)
+
+
+def _grads(group: dict, params: list[Tensor], ok: Tensor | None, coupled_wd: bool = True) -> list[Tensor]:
+    """The gradients the update uses: negated under `maximize`, plus wd * p for coupled
+    weight decay, and zero where `ok` is False (a non-finite gradient must not reach state)."""
     grads = [p.grad for p in params]
-    return torch._foreach_neg(grads) if group.get("maximize", False) else grads
+    if group.get("maximize", False):
+        grads = torch._foreach_neg(grads)
+    wd = group["weight_decay"]
+    if wd != 0 and coupled_wd:
+        grads = torch._foreach_add(grads, params, alpha=wd)
+    if ok is not None:
+        # torch.where has no foreach form; one small kernel per tensor (fused under compile).
+        grads = [torch.where(ok, g, 0.0) for g in grads]
+    return grads
 
 
 @torch.no_grad()
-def _sgd(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor) -> None:
+def _sgd(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor,
+         ok: Tensor | None) -> None:
     """SGD: g <- g + wd * p; b <- g at step 0 else momentum * b + (1 - dampening) * g;
-    d <- g + momentum * b (Nesterov) or b; p <- p - lr * d."""
-    lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-    grads = _signed_grads(group, params)
-    if wd != 0:
-        grads = torch._foreach_add(grads, params, alpha=wd)
+    d <- g + momentum * b (Nesterov) or b; p <- p - lr * d.
+
+    Gated (`ok` False): g = 0, the factor of b is 1, the added term is -0.0 (x + -0.0 is
+    x for every x, signed zeros included) and d is multiplied by 0."""
+    lr, momentum = group["lr"], group["momentum"]
+    grads = _grads(group, params, ok)
     if momentum != 0:
         bufs = [optimizer.state[p]["momentum_buffer"] for p in params]
         started = (step > 0).to(params[0].dtype)
         # At step 0 torch sets the buffer to the gradient itself: momentum * 0-buffer would
         # give the same only without dampening, so both factors switch on `started`.
-        torch._foreach_mul_(bufs, started * momentum)
-        torch._foreach_add_(bufs, torch._foreach_mul(grads, 1 - started * group["dampening"]))
+        torch._foreach_mul_(bufs, _gate(ok, started * momentum, 1.0, params[0]))
+        grad_factor = _gate(ok, 1 - started * group["dampening"], -0.0, params[0])
+        torch._foreach_add_(bufs, torch._foreach_mul(grads, grad_factor))
         if group["nesterov"]:
             grads = torch._foreach_add(grads, bufs, alpha=momentum)
         else:
             grads = bufs
+        if ok is not None:
+            # The buffer is finite and nonzero: the direction itself must be gated.
+            grads = torch._foreach_mul(grads, ok.to(grads[0].dtype))
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
 @torch.no_grad()
-def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor, decoupled: bool = False) -> None:
+def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor,
+          ok: Tensor | None, decoupled: bool = False) -> None:
     """Adam / AdamW with bias correction:
     m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;
     p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
-    Adam adds wd * p to g; AdamW (decoupled) scales p by (1 - lr * wd) first."""
+    Adam adds wd * p to g; AdamW (decoupled) scales p by (1 - lr * wd) first.
+
+    Gated (`ok` False): g = 0, t += 0, the lerp weight is -0.0 and the factors of p and v
+    are 1, so m, v and max v keep their values; the step size is 0, so the denominator is
+    inf and p + m / inf is p."""
     lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
     beta1, beta2 = group["betas"]
     decoupled = decoupled or group.get("decoupled_weight_decay", False)
@@ -135,23 +177,33 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], s
     steps = [s["step"] for s in states]
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-    grads = _signed_grads(group, params)
+    grads = _grads(group, params, ok, coupled_wd=not decoupled)
+    p0 = params[0]
 
-    torch._foreach_add_(steps, 1)
-    if wd != 0:
-        if decoupled:
-            torch._foreach_mul_(params, 1 - lr * wd)
-        else:
-            grads = torch._foreach_add(grads, params, alpha=wd)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
+    if ok is None:
+        torch._foreach_add_(steps, 1)
+    else:
+        # A step restored from a torch.optim state_dict may sit on the CPU (then a copy).
+        torch._foreach_add_(steps, ok.to(steps[0].dtype).to(steps[0].device))
+    if wd != 0 and decoupled:
+        torch._foreach_mul_(params, _gate(ok, 1 - lr * wd, 1.0, p0))
+    if ok is None:
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    else:
+        # No foreach lerp takes a 0-d tensor weight (the Scalar overload would read it on the
+        # host); the list overload with one shared 0-d weight does not.
+        weight = _gate(ok, 1 - beta1, -0.0, p0)
+        torch._foreach_lerp_(exp_avgs, grads, [weight] * len(grads))
+    torch._foreach_mul_(exp_avg_sqs, _gate(ok, beta2, 1.0, p0))
+    # The addcmul value must be a Python scalar; gated, g = 0 makes the term 0.
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
     # Every parameter of a group has taken the same number of steps: one scalar serves all.
     t = steps[0]
     bias_correction1 = 1 - torch.pow(beta1, t)
-    bias_correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, t))
-    neg_step_size = -lr / bias_correction1
+    # Gated at t = 0 the corrections are 0: keep the denominator finite and positive.
+    bias_correction2_sqrt = _gate(ok, torch.sqrt(1 - torch.pow(beta2, t)), 1.0, p0)
+    neg_step_size = _gate(ok, -lr / bias_correction1, 0.0, p0)
     if group["amsgrad"]:
         max_sqs = [s["max_exp_avg_sq"] for s in states]
         torch._foreach_maximum_(max_sqs, exp_avg_sqs)
@@ -164,9 +216,9 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], s
     torch._foreach_addcdiv_(params, exp_avgs, denom)
 
 
-def _adamw(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor) -> None:
-    _adam(optimizer, group, params, step, decoupled=True)
+def _adamw(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], step: Tensor,
+           ok: Tensor | None) -> None:
+    _adam(optimizer, group, params, step, ok, decoupled=True)
 
 
 _UPDATES: dict[str, Callable[..., None]] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
-

@@ -7,8 +7,10 @@ The state is one `TensorDict` (see `init_train_state`)::
     optim       the optimizer's per-parameter state (the optimizer's own tensors)
     ema         EMA copies of the floating params and buffers          (when enabled)
     scaler      {scale, growth_tracker} of the fp16 loss scaler         (when enabled)
-    step        int64 scalar: optimizer updates applied
-    acc_samples float32 scalar: samples in the open accumulation window
+    step          int64 scalar: optimizer updates applied
+    acc_samples   float32 scalar: samples in the open accumulation window
+    acc_nonfinite bool scalar: a micro-batch of the open window had a non-finite loss
+                  (kept by `skip_nonfinite=True`; a state without it reads as False)
 
 `train_step` updates these tensors in place, as `torch.optim`'s functional API does, and
 returns the same state with a metrics TensorDict.
@@ -24,8 +26,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
 
 from nnh.func.amp import unscale_grads, update_scale
-from nnh.func.ema import init_ema
-from nnh.func.optim import init_optimizer_state, optimizer_update
+from nnh.func.ema import ema_update, init_ema
+from nnh.func.optim import has_functional_update, init_optimizer_state, optimizer_update
 
 __all__ = ["init_train_state", "train_step", "clip_grad_norm", "batch_size_of", "LossFn"]
 
@@ -56,6 +58,7 @@ def init_train_state(
             "buffers": TensorDict(dict(module.named_buffers()), batch_size=[]),
             "step": torch.zeros((), dtype=torch.int64, device=device),
             "acc_samples": torch.zeros((), dtype=torch.float32, device=device),
+            "acc_nonfinite": torch.zeros((), dtype=torch.bool, device=device),
         },
         batch_size=[],
     )
@@ -148,13 +151,23 @@ def train_step(
 
         with autocast(amp_dtype): loss, aux = loss_fn(model, batch)
         backward(loss * weight * scale)        # weight = n_i when accumulating, else 1
+        acc_nonfinite = (or-ed with) not isfinite(loss)  # skip_nonfinite; set on micro_batch 0
         if update:
             grads /= samples in window          # when accumulating
-            unscale grads, find inf             # fp16 scaler
+            found = unscale grads, find inf     # fp16 scaler
+            found |= any non-finite grad or acc_nonfinite    # skip_nonfinite
             clip grads to max_grad_norm         # global L2 norm
-            optimizer update; step += 1         # skipped when the scaler found inf
-            ema <- ema_decay * ema + (1 - ema_decay) * params
-            zero grads (set to None)
+            optimizer update; step += 1         # all skipped when found
+            ema <- ema_decay * ema + (1 - ema_decay) * params   # skipped when found
+            update the scale from the scaler's found inf       # fp16 scaler
+            zero grads (set to None)            # also after a skipped update
+
+    The skip rule: an accumulation window with any non-finite micro-batch loss or any
+    non-finite gradient is skipped as a whole, as the fp16 scaler skips an overflow: no
+    parameter, optimizer state, `step` or EMA changes, and its gradients are dropped. For
+    SGD, Adam and AdamW the skip is decided on the device (every update op is gated, no host
+    read, so it compiles); for other optimizers `found` is read on the host once per update
+    (a sync point) to decide whether to call `step()`.
 
     Gradient accumulation: call with `micro_batch = 0, 1, ..., k-1` and `update=True` on the
     last one. Each micro-batch's gradient is weighted by its sample count and the sum is
@@ -176,55 +189,63 @@ def train_step(
             float16 needs the `scaler` entry (`init_train_state(grad_scaler=True)`).
         max_grad_norm: clip the global gradient norm to this value.
         ema_decay: update `state["ema"]` with this decay after the optimizer update.
-        skip_nonfinite: read the loss on the host (a sync point on accelerators) and, if it
-            is not finite, drop this micro-batch's window without updating. Not usable under
-            `torch.compile`.
+        skip_nonfinite: skip windows with a non-finite loss or gradient (the rule above).
+            Under `torch.compile` only with SGD, Adam or AdamW.
 
     Under `torch.compile` the gradients come from `torch.func.grad_and_value` over a
     functional call of the module (which traces into one graph); in eager mode from
     `Tensor.backward` (cheaper per call). Both compute the same gradients.
 
     Returns:
-        (state, metrics) with metrics `loss` (detached), `stepped` (bool: an update was
-        applied), `grad_norm` when clipping, `output` when `loss_fn` returned an aux tensor.
+        (state, metrics), all metrics 0-d device tensors (no host read made for them):
+        `loss` (detached float32, may be NaN), `stepped` (bool: an update was applied),
+        `nonfinite` (bool: this micro-batch's loss was not finite; with `skip_nonfinite`),
+        `grad_norm` when clipping (taken before the skip), `output` when `loss_fn`
+        returned an aux tensor.
     """
     compiling = torch.compiler.is_compiling()
-    if skip_nonfinite and compiling:
-        raise ValueError("train_step: skip_nonfinite=True reads the loss on the host and cannot "
-                         "be compiled; pass skip_nonfinite=False under torch.compile.")
+    if skip_nonfinite and compiling and not has_functional_update(optimizer):
+        raise ValueError(f"train_step: skip_nonfinite=True with {type(optimizer).__name__} reads "
+                         "found_inf on the host to decide whether to call step(), which cannot be "
+                         "compiled; use SGD, Adam or AdamW, or pass skip_nonfinite=False.")
+    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
+        # Checked here: the update may pass it on gated, as a tensor ema_update cannot check.
+        raise ValueError(f"train_step: ema_decay={ema_decay!r} must lie in [0, 1], e.g. 0.999.")
     scaler = state.get("scaler", None)
     if amp_dtype == torch.float16 and scaler is None:
         raise ValueError("train_step: amp_dtype=torch.float16 needs a loss scaler; build the "
                          "state with init_train_state(..., grad_scaler=True).")
     accumulating = not (micro_batch == 0 and update)
     n = batch_size_of(batch)
-    device_type = state["step"].device.type
+    device = state["step"].device
 
-    def scaled_loss(model: Callable[..., Any]) -> tuple[Tensor, tuple[Tensor, Any]]:
-        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    def scaled_loss(model: Callable[..., Any]) -> tuple[Tensor, tuple[Any, ...]]:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, aux = _split(loss_fn(model, batch))
         loss = loss.float()
         scaled = loss * n if accumulating else loss
         if scaler is not None:
             scaled = scaled * scaler["scale"]
-        return scaled, (loss.detach(), aux)
+        # torch.func's aux must hold tensors only: leave a missing aux out, not as None.
+        return scaled, (loss.detach(),) if aux is None else (loss.detach(), aux)
 
     params = state["params"]
     if compiling:
         buffers = dict(state["buffers"].items())
 
-        def objective(p: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, Any]]:
+        def objective(p: dict[str, Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
             return scaled_loss(lambda *a, **k: functional_call(module, (p, buffers), a, k))
 
-        grads, (_, (loss, aux)) = grad_and_value(objective, has_aux=True)(
+        grads, (_, extra) = grad_and_value(objective, has_aux=True)(
             {k: v.detach() for k, v in params.items()}
         )
         for name, p in params.items():
             g = grads[name]
             p.grad = g if p.grad is None else p.grad + g
     else:
-        scaled, (loss, aux) = scaled_loss(forward if forward is not None else module)
+        scaled, extra = scaled_loss(forward if forward is not None else module)
         scaled.backward()
+    loss, aux = extra[0], (extra[1] if len(extra) > 1 else None)
 
     metrics = {"loss": loss}
     if isinstance(aux, Tensor):
@@ -237,17 +258,23 @@ def train_step(
         else:
             acc.add_(n)
 
-    if skip_nonfinite and not bool(torch.isfinite(loss)):  # host read: see the docstring
-        _zero_grads(params)
-        metrics["stepped"] = torch.zeros((), dtype=torch.bool)
-        metrics["nonfinite"] = torch.ones((), dtype=torch.bool)
-        return state, TensorDict(metrics, batch_size=[])
+    if skip_nonfinite:
+        nonfinite = ~torch.isfinite(loss)
+        metrics["nonfinite"] = nonfinite
+        acc_nonfinite = state.get("acc_nonfinite", None)
+        if acc_nonfinite is None:  # a state built before the key existed
+            acc_nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            state["acc_nonfinite"] = acc_nonfinite
+        if micro_batch == 0:
+            acc_nonfinite.copy_(nonfinite)
+        else:
+            acc_nonfinite.logical_or_(nonfinite)
 
     if update:
-        stepped = _apply_update(state, optimizer, accumulating, max_grad_norm, ema_decay, metrics)
-        metrics["stepped"] = stepped
+        metrics["stepped"] = _apply_update(state, optimizer, accumulating, max_grad_norm, ema_decay,
+                                           skip_nonfinite, metrics)
     else:
-        metrics["stepped"] = torch.zeros((), dtype=torch.bool)
+        metrics["stepped"] = torch.zeros((), dtype=torch.bool, device=device)
     return state, TensorDict(metrics, batch_size=[])
 
 
@@ -263,40 +290,52 @@ def _apply_update(
     accumulating: bool,
     max_grad_norm: float | None,
     ema_decay: float | None,
+    skip_nonfinite: bool,
     metrics: dict[str, Tensor],
 ) -> Tensor:
     params = state["params"]
     grads = [p.grad for p in params.values() if p.grad is not None]
     if accumulating and grads:
         torch._foreach_div_(grads, state["acc_samples"])
-    scaler = state.get("scaler", None)
-    found_inf = None
+    scaler, step = state.get("scaler", None), state["step"]
+    scaler_inf = found_inf = None  # float32 (1,): 1 skips the update (scaler_inf: grads only)
     if scaler is not None:
-        found_inf = unscale_grads(grads, scaler["scale"])
+        scaler_inf = found_inf = unscale_grads(grads, scaler["scale"])
+    if skip_nonfinite:
+        if found_inf is None:
+            found_inf = _nonfinite_grads(grads, step.device)
+        found_inf = torch.maximum(found_inf, state["acc_nonfinite"].to(found_inf.dtype))
     if max_grad_norm is not None:
         metrics["grad_norm"] = clip_grad_norm(grads, max_grad_norm)
-    step = state["step"]
-    # The scaler's skip is a host read, as in every fp16 loop: the optimizer's Python code
-    # must know whether to run. bf16 and fp32 training never reach it.
-    if found_inf is None or not bool(found_inf):
+    if found_inf is None:
         optimizer_update(optimizer, step)
         step.add_(1)
-        stepped = torch.ones((), dtype=torch.bool)
-        if ema_decay is not None and "ema" in state.keys():
-            _ema_from_state(state, ema_decay)
+        stepped = torch.ones((), dtype=torch.bool, device=step.device)
+        decay: float | Tensor | None = ema_decay
     else:
-        stepped = torch.zeros((), dtype=torch.bool)
+        # Gated on the device for SGD/Adam/AdamW; other optimizers read found_inf once here.
+        optimizer_update(optimizer, step, found_inf)
+        stepped = found_inf.reshape(()) == 0
+        step.add_(stepped.to(step.dtype))
+        decay = None
+        if ema_decay is not None:
+            # decay 1 after a skip: the EMA does not move. float64 keeps 1 - decay as exact
+            # as the float path's (MPS has no float64).
+            dtype = torch.float32 if step.device.type == "mps" else torch.float64
+            decay = torch.where(stepped, torch.full((), ema_decay, dtype=dtype, device=step.device), 1.0)
+    if decay is not None and "ema" in state.keys():
+        ema, buffers = state["ema"], state["buffers"]
+        sources = {k: params[k] if k in params.keys() else buffers[k] for k in ema.keys()}
+        ema_update(ema, sources, decay)
     if scaler is not None:
-        update_scale(scaler, found_inf)
+        update_scale(scaler, scaler_inf)
     _zero_grads(params)
     return stepped
 
 
-def _ema_from_state(state: TensorDict, decay: float) -> None:
-    ema = state["ema"]
-    params, buffers = state["params"], state["buffers"]
-    targets, sources = [], []
-    for name, e in ema.items():
-        targets.append(e)
-        sources.append(params[name] if name in params.keys() else buffers[name])
-    torch._foreach_lerp_(targets, sources, 1.0 - decay)
+def _nonfinite_grads(grads: list[Tensor], device: torch.device) -> Tensor:
+    """float32 (1,): 1 when any of `grads` holds an inf or NaN (the scaler's kernel, scale 1)."""
+    found = torch.zeros(1, dtype=torch.float32, device=device)
+    if grads:
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=device))
+    return found

@@ -368,8 +368,8 @@ def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], str
 
 def _load_train_state(optimization: Any, module: Any, extra: dict[str, Any], skip_ema: bool) -> None:
     state = optimization.require_state(module)
-    for key in ("step", "acc_samples"):
-        if key in extra:
+    for key in ("step", "acc_samples", "acc_nonfinite"):
+        if key in extra and key in state.keys():
             state[key].copy_(extra[key])
     if "scaler" in extra:
         optimization.ensure_scaler(module)

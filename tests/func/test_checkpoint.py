@@ -319,3 +319,18 @@ def test_load_state_from_dict_copies_in_place_and_lists_mismatches():
     msg = str(err.value)
     assert "missing keys ['params.b']" in msg and "unexpected keys ['params.extra']" in msg
     assert "params.w: checkpoint (4,) vs state (3,)" in msg
+
+
+def test_a_state_saved_before_acc_nonfinite_existed_loads_strictly():
+    from nnh.func import init_train_state, load_state_from_dict, state_to_dict
+
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    old = state_to_dict(init_train_state(m, opt))
+    del old["acc_nonfinite"]
+    fresh = init_train_state(torch.nn.Linear(3, 2), None)
+    fresh["acc_nonfinite"].fill_(True)
+    del old["optim"]
+    load_state_from_dict(fresh, old)
+    assert not bool(fresh["acc_nonfinite"])
+    assert torch.equal(fresh["params", "weight"], m.weight)

@@ -56,3 +56,33 @@ def test_compiled_ema_update_equals_eager():
     torch.compile(ema_update, fullgraph=True)(ema_c, params, 0.9)
     for k in ("a", "b"):
         torch.testing.assert_close(ema[k], ema_c[k])
+
+
+def test_compiled_skip_nonfinite_with_a_loss_only_loss_fn():
+    # One graph covers two fixes: skip_nonfinite decided on the device, and a loss_fn that
+    # returns the loss alone (no aux) under torch.func.
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    eager_m, comp_m = _net(), _net()
+    eager_o = torch.optim.Adam(eager_m.parameters(), lr=0.01)
+    comp_o = torch.optim.Adam(comp_m.parameters(), lr=0.01)
+    eager_s, comp_s = init_train_state(eager_m, eager_o), init_train_state(comp_m, comp_o)
+
+    def step(state, batch, module, optimizer):
+        return train_step(state, batch, module=module, optimizer=optimizer, skip_nonfinite=True,
+                          loss_fn=lambda model, b: nn.functional.cross_entropy(model(b[0]), b[1]))
+
+    compiled = torch.compile(step, fullgraph=True)
+    before = [p.detach().clone() for p in comp_m.parameters()]
+    _, m = compiled(comp_s, (bad, y), comp_m, comp_o)
+    assert bool(m["nonfinite"]) and not bool(m["stepped"]) and int(comp_s["step"]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, comp_m.parameters()))
+    assert all(p.grad is None for p in comp_m.parameters())
+    _, m = compiled(comp_s, (x, y), comp_m, comp_o)
+    step(eager_s, (x, y), eager_m, eager_o)
+    assert bool(m["stepped"]) and int(comp_s["step"]) == 1
+    for a, b in zip(eager_m.parameters(), comp_m.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -35,3 +35,17 @@ def test_ema_update_rejects_bad_decay():
     td = TensorDict({"a": torch.zeros(2)}, batch_size=[])
     with pytest.raises(ValueError, match="decay=1.5"):
         ema_update(td, td.clone(), 1.5)
+
+
+def test_ema_update_takes_a_tensor_decay_and_a_plain_dict():
+    torch.manual_seed(0)
+    ema = TensorDict({"a": torch.randn(3, 4), "b": torch.randn(5)}, batch_size=[])
+    params = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    expected = ema_update(ema.clone(), TensorDict(params, batch_size=[]), 0.999)
+    # A float64 decay gives the float path's weight 1 - decay exactly.
+    out = ema_update(ema.clone(), params, torch.tensor(0.999, dtype=torch.float64))
+    for k in ("a", "b"):
+        assert torch.equal(out[k], expected[k])
+    frozen = ema_update(ema.clone(), params, torch.tensor(1.0))  # decay 1: a gated-off update
+    for k in ("a", "b"):
+        assert torch.equal(frozen[k], ema[k])

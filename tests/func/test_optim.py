@@ -2,7 +2,13 @@ import pytest
 import torch
 from torch import nn
 
-from nnh.func import has_functional_update, init_train_state, train_step
+from nnh.func import (
+    has_functional_update,
+    init_optimizer_state,
+    init_train_state,
+    optimizer_update,
+    train_step,
+)
 
 CASES = [
     (torch.optim.SGD, dict(lr=0.1)),
@@ -55,3 +61,62 @@ def test_functional_update_covers_exactly_sgd_adam_adamw():
         pass
 
     assert not has_functional_update(MySGD(p, lr=0.1))
+
+
+GATED = [c for c in CASES if c[0] is not torch.optim.RMSprop] + [
+    (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, amsgrad=True)),
+]
+
+
+def _bits(t):
+    # Bitwise comparison: NaN == NaN and -0.0 != +0.0, unlike torch.equal.
+    return t.detach().view(torch.int32) if t.dtype == torch.float32 else t.detach()
+
+
+def _tensors(m, opt):
+    out = [p for p in m.parameters()]
+    for p in m.parameters():
+        out += [v for _, v in sorted(opt.state[p].items())]
+    return [_bits(t).clone() for t in out]
+
+
+def _set_grads(m, seed, nan=False):
+    g = torch.Generator().manual_seed(seed)
+    for p in m.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+        if nan:
+            p.grad.view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize("cls,kwargs", GATED, ids=lambda c: getattr(c, "__name__", str(c)))
+def test_gated_update_equals_ungated_bitwise_and_found_inf_is_an_identity(cls, kwargs):
+    plain, gated = _net(), _net()
+    opt_p, opt_g = cls(plain.parameters(), **kwargs), cls(gated.parameters(), **kwargs)
+    init_optimizer_state(opt_p), init_optimizer_state(opt_g)
+    step = torch.zeros((), dtype=torch.int64)
+    for k in range(4):
+        # A skipped update first (at step 0, where Adam's bias corrections are 0), then one
+        # that must equal the ungated update bit for bit.
+        before = _tensors(gated, opt_g)
+        _set_grads(gated, 100 + k, nan=True)
+        optimizer_update(opt_g, step, found_inf=torch.ones(1))
+        assert all(torch.equal(a, b) for a, b in zip(before, _tensors(gated, opt_g)))
+        _set_grads(plain, k), _set_grads(gated, k)
+        optimizer_update(opt_p, step)
+        optimizer_update(opt_g, step, found_inf=torch.zeros(1))
+        assert all(torch.equal(a, b) for a, b in zip(_tensors(plain, opt_p), _tensors(gated, opt_g)))
+        step += 1
+    assert not torch.equal(_tensors(gated, opt_g)[0], _bits(_net()[0].weight))  # it did move
+
+
+def test_step_fallback_reads_found_inf():
+    m = _net()
+    opt = torch.optim.RMSprop(m.parameters(), lr=1e-2)
+    before = _tensors(m, opt)
+    _set_grads(m, 0, nan=True)
+    optimizer_update(opt, torch.zeros((), dtype=torch.int64), found_inf=torch.ones(1))
+    assert all(torch.equal(a, b) for a, b in zip(before, _tensors(m, opt)))
+    _set_grads(m, 0)
+    optimizer_update(opt, torch.zeros((), dtype=torch.int64), found_inf=torch.zeros(1))
+    assert not torch.equal(before[0], _tensors(m, opt)[0])
