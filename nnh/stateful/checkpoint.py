@@ -26,6 +26,7 @@ from nnh.func.checkpoint import (
 )
 from nnh.func.ema import init_ema
 from nnh.func.train import init_train_state
+from nnh.stateful.parts import deferred_init, materialize
 from nnh.stateful.rng import rng_state, set_rng_state
 from nnh.stateful.sampler import call_sampler_load
 
@@ -182,12 +183,23 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
 
     if device is None:
         device = ckpt["device"] if (not ckpt["device"].startswith("cuda") or torch.cuda.is_available()) else "cpu"
-    handler = cls(model_class, device=device, model_type=ckpt["model"]["type"],
-                  save_model_code=ckpt["model"]["code"] is not None, **model_kwargs)
+    def build() -> Any:
+        return cls(model_class, device=device, model_type=ckpt["model"]["type"],
+                   save_model_code=ckpt["model"]["code"] is not None, **model_kwargs)
+
+    # The model is built on the meta device and takes the file's tensors as they are: no
+    # random initialisation, no copy (1.0x of torch.load in benchmarks/checkpoint.py). A
+    # model those tensors do not define completely is built and loaded the ordinary way.
+    with deferred_init():
+        handler = build()
+    weights = ckpt["model_state_dict"]
+    materialized = materialize(handler.module, weights, handler.device)
+    if not materialized:
+        handler = build()
     parts = handler.parts
     module, optimization = parts.model.module, parts.optimization
     bindings["handler.module"] = module
-    missing, unexpected = _load_weights(module, ckpt["model_state_dict"], strict_load, path)
+    missing, unexpected = ([], []) if materialized else _load_weights(module, weights, strict_load, path)
 
     if use_opt and (missing or unexpected):
         # The optimizer state is matched to parameters by position: with other keys it

@@ -45,11 +45,15 @@ class StepRunner:
         if self.fallback_reason is not None:
             return train_step(state, batch, **kwargs)
         try:
-            return self._compiled(state, batch, **kwargs)
+            out = self._compiled(state, batch, **kwargs)
         except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.BackendCompilerFailed) as exc:
             # Tracing fails before the graph runs, so nothing of this step was applied yet.
             self._fall_back(f"the step cannot be traced: {str(exc).splitlines()[0]}")
             return train_step(state, batch, **kwargs)
+        # LR schedulers check this flag, which `Optimizer.step` sets, to warn about a step
+        # before any update; the compiled graph cannot set a Python attribute.
+        kwargs["optimizer"]._opt_called = True
+        return out
 
     def _fall_back(self, reason: str) -> None:
         if self.fallback_reason is None:

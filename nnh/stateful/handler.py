@@ -27,7 +27,7 @@ from nnh.stateful.config import TrainConfig, check_ready
 from nnh.stateful.data import make_loader
 from nnh.stateful.enums import LoggingMode, ModelType
 from nnh.stateful.objective import LossSpec
-from nnh.stateful.parts import History, ModelPart, Optimization, Parts, Progress
+from nnh.stateful.parts import build_module, History, ModelPart, Optimization, Parts, Progress
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import seed_everything
 from nnh.stateful.runtime import Runtime
@@ -147,7 +147,7 @@ class NNHandler:
         if "model_kwargs" in model_kwargs and isinstance(model_kwargs["model_kwargs"], dict):
             # Accept NNHandler(Net, model_kwargs={...}) as well as NNHandler(Net, **kwargs).
             model_kwargs = {**model_kwargs.pop("model_kwargs"), **model_kwargs}
-        module = model_class(**model_kwargs).to(self.device)
+        module = build_module(model_class, model_kwargs, self.device)
         if model_type is not None:
             self._model_type = ModelType.from_string(model_type)
         part = ModelPart(module, model_class, model_kwargs)

@@ -9,6 +9,7 @@ loop (`nnh.stateful.loop`) works on these, never on the handler.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +22,52 @@ from torch import nn
 from nnh.func.ema import ema_source, init_ema
 from nnh.func.train import init_train_state
 
-__all__ = ["ModelPart", "Optimization", "SchedulerSpec", "Progress", "History", "Parts"]
+__all__ = ["build_module", "deferred_init", "ModelPart", "Optimization", "SchedulerSpec", "Progress", "History", "Parts"]
+
+
+# Set by `deferred_init` for the duration of a checkpoint load (a context variable, so
+# threads and async tasks do not see each other's loads).
+_DEFER_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("nnh_defer_init", default=False)
+
+
+@contextlib.contextmanager
+def deferred_init() -> Iterator[None]:
+    """Within it, `build_module` builds modules on the meta device (no memory, no random
+    initialisation): a checkpoint load then gives them the file's tensors (`materialize`)."""
+    token = _DEFER_INIT.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_INIT.reset(token)
+
+
+def build_module(model_class: type, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
+    """`model_class(**kwargs)` on `device`; on the meta device inside `deferred_init`."""
+    if _DEFER_INIT.get():
+        with torch.device("meta"):
+            return model_class(**kwargs)
+    return model_class(**kwargs).to(device)
+
+
+def materialize(module: nn.Module, weights: dict[str, torch.Tensor], device: torch.device) -> bool:
+    """Give a meta-device `module` the tensors of `weights` (`load_state_dict(assign=True)`,
+    no copy) and move it to `device`. Only when that leaves nothing undefined: every
+    parameter and buffer has a weight of its shape, no buffer is non-persistent, and no
+    parameter is shared between two names (assign would untie it). Returns False, with the
+    module untouched, otherwise."""
+    named = dict(module.named_parameters(remove_duplicate=False))
+    if len(named) != len(dict(module.named_parameters())):
+        return False
+    own = module.state_dict()
+    persistent = set(own)
+    if any(name not in persistent for name, _ in module.named_buffers()):
+        return False
+    if set(weights) != persistent or any(weights[k].shape != v.shape or weights[k].dtype != v.dtype
+                                         for k, v in own.items()):
+        return False
+    module.load_state_dict(weights, assign=True)
+    module.to(device)
+    return True
 
 
 class ModelPart:

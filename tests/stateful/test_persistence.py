@@ -530,3 +530,60 @@ def test_save_model_code_stores_the_class_source_as_text(tmp_path):
 
     NNHandler(MLP).save(tmp_path / "nocode.pth")
     assert nnh.load_model_code(tmp_path / "nocode.pth") is None
+
+
+class _WithNonPersistentBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 3, bias=False)
+        self.b = nn.Linear(3, 3, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_load_takes_the_files_tensors_without_initialising_the_model(tmp_path, monkeypatch):
+    h = build_handler()
+    h.train(1, **QUIET)
+    h.save(tmp_path / "m.pth")
+    inits = []
+    real = nn.Linear.reset_parameters
+
+    def recording(self):
+        inits.append(self.weight.device.type)
+        real(self)
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", recording)
+    loaded = NNHandler.load(tmp_path / "m.pth")
+    assert inits and set(inits) == {"meta"}  # built on the meta device only
+    assert_same_tensors(loaded.module.state_dict(), h.module.state_dict())
+    assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.module.parameters())
+
+
+@pytest.mark.parametrize("model", [_WithNonPersistentBuffer, _Tied])
+def test_models_the_file_does_not_define_completely_load_the_ordinary_way(tmp_path, model):
+    torch.manual_seed(0)
+    h = NNHandler(model, model_type="regression")
+    h.set_optimizer(torch.optim.Adam, lr=1e-2)
+    h.set_loss_fn(nn.functional.mse_loss)
+    h.set_train_loader(torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randn(8, 3)), batch_size=4)
+    h.train(1, validate_every=0, **QUIET)
+    h.save(tmp_path / "m.pth")
+    loaded = NNHandler.load(tmp_path / "m.pth")
+    assert len(list(loaded.module.parameters())) == len(list(h.module.parameters()))
+    assert_same_tensors(loaded.module.state_dict(), h.module.state_dict())
+    x = torch.randn(2, 3)
+    assert torch.equal(loaded.module(x), h.module(x))
+    if model is _Tied:
+        assert loaded.module.a.weight is loaded.module.b.weight

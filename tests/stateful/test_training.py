@@ -255,3 +255,32 @@ def test_callback_hooks_run_in_documented_order_and_can_stop_training():
     end = [e for e in rec.events if e[0] == "on_epoch_end"][0]
     assert end[1] == 0 and end[2] == ["epoch", "loss", "lr", "val_loss"]
     assert ("on_train_batch_end", 1, ["loss", "size"]) in rec.events
+
+
+def test_validate_every_without_validation_data_is_both_value_and_runtime_error():
+    torch.manual_seed(0)
+    h = NNHandler(Net)
+    h.set_optimizer(torch.optim.SGD, lr=0.1)
+    h.set_loss_fn(nn.functional.cross_entropy)
+    h.set_train_loader(_data(32), batch_size=16)
+    for kind in (ValueError, RuntimeError):  # code written for either kind keeps working
+        with pytest.raises(kind, match="validate_every=1 but no validation data"):
+            h.train(1, progress_bar=False)
+    assert h.epoch == 0
+
+
+def test_the_running_loss_is_read_on_the_host_once_per_epoch_without_a_bar(monkeypatch):
+    from nnh.stateful import _batches
+
+    reads = []
+    real = _batches.EpochSums.flush
+
+    def counting(self):
+        out = real(self)
+        reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(_batches.EpochSums, "flush", counting)
+    h = _handler(n=64)  # 4 training batches
+    h.train(2, validate_every=0, progress_bar=False)
+    assert reads == [4, 4]  # one read of four batches per epoch, none per step
