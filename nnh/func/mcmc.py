@@ -28,12 +28,13 @@ analytic gradient, or `func_energy_and_grad`; `torch.autograd.grad` breaks the g
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from nnh.func._mcmc_diagnostics import effective_sample_size
+from nnh.func.energy_grad import EnergyAndGrad, autograd_energy_and_grad, energy_and_grad_fn, func_energy_and_grad
 
 __all__ = [
     "ChainState",
@@ -58,7 +59,6 @@ __all__ = [
     "uniform_per_chain",
 ]
 
-EnergyAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 
 _LOG2_E = 1.0 / math.log(2.0)
 
@@ -83,57 +83,6 @@ class StepInfo(NamedTuple):
     accept_prob: Tensor
     accepted: Tensor
     finite: Tensor
-
-
-# ----------------------------------------------------------------------------------------------
-# Energies and gradients
-# ----------------------------------------------------------------------------------------------
-
-
-def autograd_energy_and_grad(energy_fn: Callable[[Tensor], Tensor]) -> EnergyAndGrad:
-    r"""Wrap ``energy_fn: (B, *event) -> (B,)`` as ``x -> (U(x), \nabla_x \sum_b U(x_b))``.
-
-    Uses `torch.autograd.grad` on a detached copy of ``x``: the graph is freed at once and both
-    outputs are detached, so nothing accumulates across steps even when the model's parameters
-    require grad (as in contrastive-divergence training). Works in eager mode only.
-    """
-
-    def energy_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            x_ = x.detach().requires_grad_(True)
-            energy = energy_fn(x_)
-            (grad,) = torch.autograd.grad(energy.sum(), x_)
-        return energy.detach(), grad
-
-    return energy_and_grad
-
-
-def func_energy_and_grad(energy_fn: Callable[[Tensor], Tensor]) -> EnergyAndGrad:
-    r"""Like `autograd_energy_and_grad` but through `torch.func.grad`, which
-    ``torch.compile(fullgraph=True)`` can trace. The model must be functorch-compatible (no
-    in-place updates of buffers, e.g. BatchNorm in training mode)."""
-
-    def summed(x: Tensor) -> tuple[Tensor, Tensor]:
-        energy = energy_fn(x)
-        return energy.sum(), energy
-
-    grad_and_energy = torch.func.grad(summed, has_aux=True)
-
-    def energy_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
-        grad, energy = grad_and_energy(x.detach())
-        return energy.detach(), grad.detach()
-
-    return energy_and_grad
-
-
-def energy_and_grad_fn(model: Callable[[Tensor], Tensor]) -> EnergyAndGrad:
-    """The fastest ``(energy, grad)`` function for ``model``: its own ``energy_and_gradient``
-    method when it has one (`nnh.BaseModel` subclasses, analytic for the built-in energies),
-    else `autograd_energy_and_grad(model)`."""
-    method = getattr(model, "energy_and_gradient", None)
-    if callable(method):
-        return method
-    return autograd_energy_and_grad(model)
 
 
 def init_chain_state(x: Tensor, energy_and_grad: EnergyAndGrad) -> ChainState:

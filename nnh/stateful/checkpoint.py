@@ -17,7 +17,6 @@ from nnh._version import __version__
 from nnh.func.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
-    atomic_save,
     decode_value,
     encode_value,
     find_unrecorded,
@@ -27,6 +26,7 @@ from nnh.func.checkpoint import (
 from nnh.func.ema import init_ema
 from nnh.func.train import init_train_state
 from nnh.stateful.parts import deferred_init, materialize
+from nnh.stateful.provided import how_to_provide, provided_slots, raise_missing
 from nnh.stateful.rng import rng_state, set_rng_state
 from nnh.stateful.sampler import call_sampler_load
 
@@ -101,7 +101,7 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
                            "state": enc(sampler.save(), "sampler_state")}
     if unrecorded:
         listed = ", ".join(f"{slot} ({name})" for slot, name in unrecorded)
-        how = ", ".join(dict.fromkeys(_how_to_provide(slot) for slot, _ in unrecorded))
+        how = ", ".join(dict.fromkeys(how_to_provide(slot) for slot, _ in unrecorded))
         warnings.warn(
             f"NNHandler.save: {listed} cannot be imported again (a lambda, a local object, or "
             "something defined in __main__); the checkpoint records it by name only, and "
@@ -143,7 +143,7 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     path = os.fspath(path)
     ckpt = read_checkpoint(path, map_location="cpu")
     _check_header(ckpt, path)
-    slots = _provided_slots(provided)
+    slots = provided_slots(provided)
     needs: list = []
     bindings: dict[str, Any] = {}
 
@@ -161,8 +161,8 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     def given_or_saved(name: str, saved: Any) -> Any:
         return provided[name] if provided.get(name) is not None else dec(saved)
 
-    def raise_missing() -> None:
-        _raise_missing(needs, path)
+    def check_missing() -> None:
+        raise_missing(needs, path)
 
     # Everything that names a class or function is resolved before anything is built, so
     # a missing one is reported as such (naming what to pass), not as a confusing
@@ -179,7 +179,7 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     if loss is not None:
         loss_fn, loss_kwargs = given_or_saved("loss_fn", loss["fn"]), dec_kwargs(loss["kwargs"], "loss_fn_kwargs")
     metrics = {name: provided.get("metrics", {}).get(name) or dec(fn) for name, fn in ckpt["metrics"].items()}
-    raise_missing()
+    check_missing()
 
     if device is None:
         device = ckpt["device"] if (not ckpt["device"].startswith("cuda") or torch.cuda.is_available()) else "cpu"
@@ -214,7 +214,7 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
         if use_sch:
             # Kwargs that refer to the module (rare) are decoded now that it exists.
             optimization.set_scheduler(sch_class, dec_kwargs(sch["kwargs"], "scheduler_kwargs"), sch["interval"])
-            raise_missing()
+            check_missing()
         # The states load after the scheduler is built: building one sets the optimizer's
         # lr to its starting value (LinearLR, LambdaLR, OneCycleLR...), and the saved
         # param_groups put the lr of the moment of saving back.
@@ -236,13 +236,13 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
         callbacks = provided.get("callbacks")
         if callbacks is None:
             callbacks = [dec(c) for c in ckpt["callbacks"]]
-            raise_missing()
+            check_missing()
         for cb in callbacks:
             handler.add_callback(cb)
     if not skip_sampler_sde:
         handler.sde = given_or_saved("sde", ckpt["sde"])
-        raise_missing()
-        _load_sampler(handler, ckpt["sampler"], provided, dec, dec_kwargs, raise_missing)
+        check_missing()
+        _load_sampler(handler, ckpt["sampler"], provided, dec, dec_kwargs, check_missing)
     handler.autosaver.load_state_dict(ckpt["auto_saver"])
     handler.autosaver.loaded_from = path
     handler.preemption.path = ckpt.get("preemption_path")
@@ -292,50 +292,6 @@ def _check_header(ckpt: Any, path: str) -> None:
         raise CheckpointError(
             f"{path!r} has checkpoint format {version!r} (written by nnh {ckpt.get('nnh_version')}); this nnh "
             f"{__version__} reads formats up to {FORMAT_VERSION}. Upgrade nnh to load it."
-        )
-
-
-def _provided_slots(provided: dict[str, Any]) -> dict[str, Any]:
-    slots = {k: v for k, v in provided.items() if k in ("model_class", "loss_fn", "optimizer_class", "scheduler_class", "sde", "sampler_class")}
-    for group in ("model_kwargs", "sampler_kwargs", "optimizer_kwargs", "scheduler_kwargs", "loss_fn_kwargs"):
-        for name, value in provided.get(group, {}).items():
-            slots[f"{group}.{name}"] = value
-    for name, fn in provided.get("metrics", {}).items():
-        slots[f"metrics.{name}"] = fn
-    unknown = set(provided) - {"model_class", "loss_fn", "optimizer_class", "scheduler_class", "sde", "sampler",
-                               "sampler_class", "metrics", "model_kwargs", "sampler_kwargs", "optimizer_kwargs",
-                               "scheduler_kwargs", "loss_fn_kwargs", "callbacks"}
-    if unknown:
-        raise TypeError(f"NNHandler.load got unexpected keyword arguments {sorted(unknown)}.")
-    return slots
-
-
-def _how_to_provide(slot: str) -> str:
-    """The `NNHandler.load` keyword that supplies what a checkpoint recorded under `slot`."""
-    head, _, rest = slot.partition(".")
-    head, bracket, _ = head.partition("[")
-    name = rest.split(".")[0].split("[")[0]
-    if head == "callbacks":
-        return "callbacks=[...] (the whole list; it replaces the saved callbacks)"
-    if head in ("sampler_state", "sampler_class") or (head == "sampler_kwargs" and not name):
-        return "sampler=<a ready Sampler instance>" if head == "sampler_state" else f"{head}=..."
-    if head == "sde":
-        return "sde=<a ready SDE instance>"
-    if head == "metrics":
-        return f"metrics={{{name!r}: ...}}"
-    if head.endswith("_kwargs") and name:
-        return f"{head}={{{name!r}: ...}}"
-    return f"{head}=..."
-
-
-def _raise_missing(needs: list, path: str) -> None:
-    if needs:
-        listed = ", ".join(f"{u.slot} ({u.name})" for u in needs)
-        how = ", ".join(dict.fromkeys(_how_to_provide(u.slot) for u in needs))
-        needs.clear()
-        raise CheckpointError(
-            f"{path!r} recorded {listed} by name only (not importable when saved); pass them to "
-            f"NNHandler.load: NNHandler.load(path, {how})."
         )
 
 
@@ -396,7 +352,7 @@ def _load_train_state(optimization: Any, module: Any, extra: dict[str, Any], ski
 
 
 def _load_sampler(handler: Any, saved: dict[str, Any] | None, provided: dict[str, Any], dec: Any,
-                  dec_kwargs: Any, raise_missing: Any) -> None:
+                  dec_kwargs: Any, check_missing: Any) -> None:
     if provided.get("sampler") is not None:
         handler.sampler = provided["sampler"]
         return
@@ -405,6 +361,6 @@ def _load_sampler(handler: Any, saved: dict[str, Any] | None, provided: dict[str
     sampler_cls = provided["sampler_class"] if provided.get("sampler_class") is not None else dec(saved["class"])
     kwargs = dec_kwargs(saved["kwargs"], "sampler_kwargs")
     state = dec(saved["state"])
-    raise_missing()
+    check_missing()
     handler.sampler = sampler_cls(**kwargs)
     call_sampler_load(handler.sampler, state)

@@ -3,7 +3,7 @@ r"""`ContrastiveDivergence`: the maximum-likelihood gradient of an energy model 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
