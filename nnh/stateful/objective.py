@@ -26,6 +26,11 @@ class Objective(Protocol):
     def metric_target(self, batch: Any) -> Any: ...
 
 
+def inputs_as_targets(inputs: Any, targets: Any) -> Any:
+    """The targets of a batch, or its inputs when it has none (the one place of that rule)."""
+    return inputs if targets is None else targets
+
+
 class SupervisedObjective:
     """`loss_fn(model(inputs, *extra, **kwargs), targets, **loss_kwargs)`; a tuple returned by
     the loss back-propagates its first element. With `pass_epoch`, the 0-based `epoch`
@@ -58,14 +63,14 @@ class SupervisedObjective:
 
     def metric_target(self, batch: Any) -> Any:
         inputs, targets, _, _ = unpack_batch(batch)
-        return inputs if targets is None else targets
+        return inputs_as_targets(inputs, targets)
 
 
 class GenerativeObjective(SupervisedObjective):
     """As `SupervisedObjective`, with the inputs as targets when a batch has none."""
 
     def targets(self, inputs: Any, targets: Any) -> Any:
-        return inputs if targets is None else targets
+        return inputs_as_targets(inputs, targets)
 
 
 def make_objective(model_type: ModelType, loss_fn: Callable, loss_kwargs: dict[str, Any],
