@@ -81,40 +81,41 @@ def test_resume_is_bitwise_exact(tmp_path, scheduler):
     assert not torch.equal(first.module.net[0].weight, resumed.module.net[0].weight)
 
 
-def test_resume_without_rng_state_would_differ(tmp_path):
-    # Guards the test above: reseeding the resumed run (losing the saved RNG state) changes the
-    # shuffle order and dropout masks, so the exact match depends on the restored RNG.
-    kw = dict(use_amp=True, ema_decay=0.9, **QUIET)
+RESUME_KW = dict(use_amp=True, ema_decay=0.9, **QUIET)
+
+
+def straight_and_loaded_half(tmp_path):
+    """A 4-epoch run, and a handler loaded from the checkpoint of a 2-epoch run (loaders set)."""
     straight = build_handler()
-    straight.train(4, seed=3, **kw)
+    straight.train(4, seed=3, **RESUME_KW)
     first = build_handler()
-    first.train(2, seed=3, **kw)
+    first.train(2, seed=3, **RESUME_KW)
     first.save(tmp_path / "half.pth")
     resumed = NNHandler.load(tmp_path / "half.pth")
     set_loaders(resumed)
+    return straight, resumed
+
+
+def test_resume_without_rng_state_would_differ(tmp_path):
+    # Guards the test above: reseeding the resumed run (losing the saved RNG state) changes the
+    # shuffle order and dropout masks, so the exact match depends on the restored RNG.
+    straight, resumed = straight_and_loaded_half(tmp_path)
     resumed.seed = 3  # an explicit reseed does restart the streams
-    resumed.train(2, **kw)
+    resumed.train(2, **RESUME_KW)
     assert not torch.equal(straight.module.net[0].weight, resumed.module.net[0].weight)
 
 
 def test_passing_the_same_seed_again_to_a_resumed_run_keeps_it_exact(tmp_path):
     # A requeued job script passes seed= on every start: the resumed run must not reseed.
-    kw = dict(use_amp=True, ema_decay=0.9, **QUIET)
-    straight = build_handler()
-    straight.train(4, seed=3, **kw)
-    first = build_handler()
-    first.train(2, seed=3, **kw)
-    first.save(tmp_path / "half.pth")
-    resumed = NNHandler.load(tmp_path / "half.pth")
-    set_loaders(resumed)
+    straight, resumed = straight_and_loaded_half(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same seed: no warning either
-        resumed.train(2, seed=3, **kw)
+        resumed.train(2, seed=3, **RESUME_KW)
     assert_same_tensors(straight.module.state_dict(), resumed.module.state_dict())
     again = NNHandler.load(tmp_path / "half.pth")
     set_loaders(again)
     with pytest.warns(UserWarning, match="seed=4 ignored"):
-        again.train(2, seed=4, **kw)
+        again.train(2, seed=4, **RESUME_KW)
     assert_same_tensors(straight.module.state_dict(), again.module.state_dict())
 
 
