@@ -201,7 +201,8 @@ def train_step(
         `loss` (detached float32, may be NaN), `stepped` (bool: an update was applied),
         `nonfinite` (bool: this micro-batch's loss was not finite; with `skip_nonfinite`),
         `grad_norm` when clipping (taken before the skip), `output` when `loss_fn`
-        returned an aux tensor.
+        returned an aux (a tensor; a tuple/dict is kept as non-tensor data: read it with
+        `metrics.get_non_tensor("output")`).
     """
     compiling = torch.compiler.is_compiling()
     if skip_nonfinite and compiling and not has_functional_update(optimizer):
@@ -275,7 +276,12 @@ def train_step(
                                            skip_nonfinite, metrics)
     else:
         metrics["stepped"] = torch.zeros((), dtype=torch.bool, device=device)
-    return state, TensorDict(metrics, batch_size=[])
+    out = TensorDict(metrics, batch_size=[])
+    if aux is not None and not isinstance(aux, Tensor):
+        # A tuple or dict output (e.g. logits and features) is kept as it is, detached.
+        out.set_non_tensor("output", torch.utils._pytree.tree_map(
+            lambda t: t.detach() if isinstance(t, Tensor) else t, aux))
+    return state, out
 
 
 def _zero_grads(params: TensorDict) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import warnings
+
 import torch
 
-__all__ = ["TrainConfig", "MissingValidationDataError"]
+__all__ = ["TrainConfig", "MissingValidationDataError", "check_ready", "check_metric"]
+
+# Keys of the epoch logs that a metric of the same name would overwrite.
+RESERVED_LOG_KEYS = ("loss", "val_loss", "lr", "epoch")
 
 
 class MissingValidationDataError(ValueError, RuntimeError):
@@ -109,3 +114,29 @@ def check_ready(config: TrainConfig, optimizer: Any, loss_fn: Any, train_loader:
         raise MissingValidationDataError(
             f"train: validate_every={config.validate_every} but no validation data; call "
             "handler.set_val_loader(dataset, ...) or pass validate_every=0.")
+    for which, loader, used in (("train", train_loader, True), ("val", val_loader, config.validate_every > 0)):
+        if used and _length(loader) == 0:
+            raise ValueError(
+                f"train: the {which} loader yields no batches (an empty dataset, or drop_last=True with fewer "
+                f"samples than batch_size); give set_{which}_loader a dataset with samples.")
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def check_metric(name: Any, metric_fn: Any, existing: dict[str, Any]) -> None:
+    """Refuse a metric name the epoch logs already use, or a non-callable; warn on replacing."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"add_metric: name={name!r} must be a non-empty string.")
+    if name in RESERVED_LOG_KEYS:
+        raise ValueError(f"add_metric: name={name!r} is a key of the epoch logs ({', '.join(RESERVED_LOG_KEYS)}); "
+                         f"choose another name, e.g. 'train_{name}_metric'.")
+    if not callable(metric_fn):
+        raise TypeError(f"add_metric: metric_fn for {name!r} must be callable, got {metric_fn!r}.")
+    if name in existing and existing[name] is not metric_fn:
+        warnings.warn(f"add_metric: {name!r} was already tracked; the new function replaces the old one "
+                      "(its history continues).", UserWarning, stacklevel=3)

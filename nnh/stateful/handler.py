@@ -23,7 +23,7 @@ from nnh.stateful import checkpoint, loop, reporting
 from nnh.stateful._logging import make_logger
 from nnh.stateful.autosave import AutoSaver, check_name, log_keys
 from nnh.stateful.compiled import StepRunner
-from nnh.stateful.config import TrainConfig, check_ready
+from nnh.stateful.config import TrainConfig, check_metric, check_ready
 from nnh.stateful.data import make_loader
 from nnh.stateful.enums import LoggingMode, ModelType
 from nnh.stateful.objective import LossSpec
@@ -194,10 +194,7 @@ class NNHandler:
 
     def add_metric(self, name: str, metric_fn: Callable) -> None:
         """Track `metric_fn(output, targets) -> number` per epoch (sample-weighted mean)."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"add_metric: name={name!r} must be a non-empty string.")
-        if not callable(metric_fn):
-            raise TypeError(f"add_metric: metric_fn for {name!r} must be callable.")
+        check_metric(name, metric_fn, self._metrics)
         self._metrics[name] = metric_fn
         self._history.add_metric(name)
 

@@ -6,6 +6,8 @@ the `Runtime`, the savers) and never see `NNHandler`.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -90,7 +92,7 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
     logs: dict[str, Any] = {"epochs": config.epochs, "start_epoch": start}
     dispatch(run.callbacks, "on_train_begin", logs)
     nonfinite_run = [0]
-    with run.preemption.guard():
+    with run.preemption.guard(), _no_partial_window(parts):
         for epoch in range(start, final):
             epoch_logs = _train_epoch(parts, config, run, epoch, final, nonfinite_run)
             if epoch_logs is None:  # preempted in the middle of the epoch
@@ -111,6 +113,24 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
             if stopping:
                 break
     dispatch(run.callbacks, "on_train_end", logs)
+
+
+@contextlib.contextmanager
+def _no_partial_window(parts: Parts) -> Iterator[None]:
+    """An exception anywhere in `fit` (a loss, a metric, a callback, Ctrl-C) leaves no part of
+    an open accumulation window behind: its gradients and sample count are dropped, so the
+    next `train` starts from a clean window."""
+    try:
+        yield
+    except BaseException:
+        module, state = parts.model.module, parts.optimization.state
+        for p in module.parameters():
+            p.grad = None
+        if state is not None:
+            state["acc_samples"].zero_()
+            if "acc_nonfinite" in state.keys():
+                state["acc_nonfinite"].zero_()
+        raise
 
 
 def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tuple[Iterator[Any], int]:
@@ -186,8 +206,8 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
         nonfinite = m["nonfinite"] if "nonfinite" in m.keys() else None
         values = []
         if run.metrics:
-            output, target = m.get("output", None), run.objective.metric_target(batch)
-            values = [fn(output, target) for fn in run.metrics.values()]
+            output, target = _output_of(m), run.objective.metric_target(batch)
+            values = _metric_values(run.metrics, output, target)
         sums.add(i, loss, n, nonfinite, values)
         if update and opt.steps_per_batch:
             opt.scheduler.step()  # per window closed, skipped or not (the skip is on the device)
@@ -218,7 +238,7 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
         bar.set_postfix(loss=f"{logs['loss']:.4g}")
     for name in run.metrics:
         logs[name] = sums.metric(name)
-    val_logs = {"val_loss": float("nan"), **{f"val_{name}": float("nan") for name in run.metrics}}
+    val_logs = {"val_loss": math.nan, **{f"val_{name}": math.nan for name in run.metrics}}
     if validating:  # a preemption in the last batch still completes its epoch
         val_bar = bar if joint else tqdm(total=n_val, desc=f"Validation {epoch + 1}", leave=False, dynamic_ncols=True,
                                          disable=not (config.progress_bar and run.runtime.is_main))
@@ -257,7 +277,7 @@ def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: b
             values = []
             if run.metrics:
                 target = run.objective.metric_target(batch)
-                values = [fn(output, target) for fn in run.metrics.values()]
+                values = _metric_values(run.metrics, output, target)
             sums.add(i, loss, n, None, values)
             dispatch(run.callbacks, "on_val_batch_end", i, {"val_loss": loss, "size": n})
             if bar is not None:
@@ -280,6 +300,40 @@ def predict(parts: Parts, data_loader: Any, device: torch.device, apply_ema: boo
             out = model.forward(inputs, *args, **kwargs)
             outputs.append(out.detach() if isinstance(out, Tensor) else out)
     return outputs
+
+
+def _metric_values(metrics: dict[str, Callable], output: Any, target: Any) -> list[Any]:
+    """Each metric's value for one batch; an error names the metric it came from."""
+    values = []
+    for name, fn in metrics.items():
+        try:
+            value = fn(output, target)
+        except Exception as exc:
+            raise _named(exc, f"metric {name!r} raised {type(exc).__name__}: {exc}") from exc
+        if isinstance(value, Tensor) and value.numel() != 1:
+            raise ValueError(f"metric {name!r} returned a tensor of shape {tuple(value.shape)}; a metric "
+                             "returns one number per batch (e.g. end with .mean()).")
+        if not isinstance(value, (Tensor, int, float)) or isinstance(value, bool):
+            raise TypeError(f"metric {name!r} returned {type(value).__name__}; a metric returns a number or "
+                            "a one-element tensor.")
+        values.append(value)
+    return values
+
+
+def _named(exc: Exception, message: str) -> Exception:
+    """`exc`'s type with `message` (a RuntimeError when that type takes other arguments)."""
+    try:
+        return type(exc)(message)
+    except Exception:
+        return RuntimeError(message)
+
+
+def _output_of(metrics: Any) -> Any:
+    """The model output `train_step` returned: a tensor, or a tuple/dict kept as non-tensor data."""
+    if "output" not in metrics.keys():
+        return None
+    value = metrics.get("output")
+    return value if isinstance(value, Tensor) else metrics.get_non_tensor("output")
 
 
 def dispatch(callbacks: list[Any], hook: str, *args: Any) -> None:

@@ -246,15 +246,21 @@ class History:
         self.val_metrics = {name: [] for name in metric_names}
 
     def add_metric(self, name: str) -> None:
-        self.train_metrics.setdefault(name, [math.nan] * len(self.train_losses))
-        self.val_metrics.setdefault(name, [math.nan] * len(self.val_losses))
+        """A series for `name`, NaN for the epochs before it (kept if it exists already)."""
+        for series, length in ((self.train_metrics, len(self.train_losses)), (self.val_metrics, len(self.val_losses))):
+            values = series.setdefault(name, [])
+            values.extend([math.nan] * (length - len(values)))
 
     def record(self, logs: dict[str, Any], metric_names: Any) -> None:
+        """Append one epoch to every series: NaN for a metric not measured this epoch."""
+        for name in metric_names:
+            self.add_metric(name)
         self.train_losses.append(logs["loss"])
         self.val_losses.append(logs["val_loss"])
-        for name in metric_names:
-            self.train_metrics.setdefault(name, []).append(logs.get(name, math.nan))
-            self.val_metrics.setdefault(name, []).append(logs.get(f"val_{name}", math.nan))
+        for name, values in self.train_metrics.items():
+            values.append(logs.get(name, math.nan))
+        for name, values in self.val_metrics.items():
+            values.append(logs.get(f"val_{name}", math.nan))
 
     def state_dict(self) -> dict[str, Any]:
         return {"train_losses": list(self.train_losses), "val_losses": list(self.val_losses),
