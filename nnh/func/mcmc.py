@@ -85,6 +85,22 @@ class StepInfo(NamedTuple):
     finite: Tensor
 
 
+def _check_energy_shape(who: str, energy: Tensor, n_chains: int) -> None:
+    # A shape test, free of host syncs; a (B, 1) energy would otherwise broadcast against (B,)
+    # masks and fail deep inside select_chains, or silently give (B, B) energies.
+    if energy.shape != (n_chains,):
+        raise ValueError(
+            f"{who}: the model must return one energy per chain, shape ({n_chains},), "
+            f"got {tuple(energy.shape)}; e.g. end forward with .squeeze(-1) or .sum over event dims."
+        )
+
+
+def _check_scale(who: str, name: str, value: float, positive: bool = True) -> None:
+    # Python numbers only: testing a tensor here would be a host sync (and a graph break).
+    if isinstance(value, (int, float)) and not (0.0 < value < math.inf if positive else 0.0 <= value < math.inf):
+        raise ValueError(f"{who}: {name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}.")
+
+
 def init_chain_state(x: Tensor, energy_and_grad: EnergyAndGrad) -> ChainState:
     """`ChainState` at ``x`` (B, *event_shape): one energy-and-gradient evaluation."""
     energy, grad = energy_and_grad(x)
@@ -227,14 +243,18 @@ def langevin_step(
     Args:
         state: `ChainState` with x (B, *event_shape).
         energy_and_grad: ``x -> (U(x) (B,), grad (B, *event_shape))``.
-        step_size: h > 0. noise_scale: s >= 0.
+        step_size: h > 0. noise_scale: s >= 0 (s = 0 is gradient descent); other values,
+            h = 0 included, raise ValueError.
         noise: standard normal, shaped like x; or ``generator`` to draw it.
     Returns:
         ``(new_state, StepInfo)``; ``accept_prob`` is 1 for finite proposals, 0 otherwise.
     """
+    _check_scale("langevin_step", "step_size", step_size)
+    _check_scale("langevin_step", "noise_scale", noise_scale, positive=False)
     xi = _given_noise(state.x, noise, generator, "langevin_step")
     x_new = langevin_proposal(state.x, state.grad, step_size, noise_scale, xi)
     energy, grad = energy_and_grad(x_new)
+    _check_energy_shape("langevin_step", energy, x_new.shape[0])
     return reject_nonfinite(state, ChainState(x_new, energy, grad), check_energy=False)
 
 
@@ -261,16 +281,20 @@ def mala_step(
 
     Args:
         noise: standard normal shaped like x; uniform: U(0, 1) of shape (B,); or ``generator``.
-        step_size: h > 0; noise_scale: s > 0.
+        step_size: h > 0; noise_scale: s > 0. Zero, negative or non-finite values raise
+            ValueError: the proposal density divides by h s^2.
     Returns:
         ``(new_state, StepInfo)``.
     """
+    _check_scale("mala_step", "step_size", step_size)
+    _check_scale("mala_step", "noise_scale", noise_scale)
     x, energy_x, grad_x = state
     xi = _given_noise(x, noise, generator, "mala_step")
     u = _given_uniform(x, uniform, generator, "mala_step")
     temperature = noise_scale * noise_scale
     y = langevin_proposal(x, grad_x, step_size, noise_scale, xi)
     energy_y, grad_y = energy_and_grad(y)
+    _check_energy_shape("mala_step", energy_y, y.shape[0])
     # log q(y|x) = -|s sqrt(2h) xi|^2 / (4hT) = -|xi|^2 / 2 exactly.
     log_q_forward = -0.5 * event_sum(xi * xi)
     back = (x - y).add_(grad_y, alpha=step_size)
@@ -344,7 +368,8 @@ def hmc_step(
 
     Args:
         state: `ChainState`, x (B, *event_shape).
-        step_size: epsilon > 0. n_leapfrog_steps: L >= 1.
+        step_size: epsilon > 0 (zero, negative or non-finite values raise ValueError).
+        n_leapfrog_steps: L >= 1.
         mass: float or tensor broadcastable to the event shape (diagonal M), > 0.
         noise: standard normal shaped like x (the momentum before scaling by sqrt(M));
             uniform: U(0, 1), shape (B,); or ``generator``.
@@ -353,10 +378,12 @@ def hmc_step(
     """
     if n_leapfrog_steps < 1:
         raise ValueError(f"hmc_step: n_leapfrog_steps must be >= 1, got {n_leapfrog_steps}.")
+    _check_scale("hmc_step", "step_size", step_size)
     x = state.x
     xi = _given_noise(x, noise, generator, "hmc_step")
     u = _given_uniform(x, uniform, generator, "hmc_step")
     p = xi * mass.sqrt() if isinstance(mass, Tensor) else xi * math.sqrt(mass)
     x_new, p_new, energy_new, grad_new = leapfrog(x, p, state.grad, energy_and_grad, step_size, n_leapfrog_steps, mass)
+    _check_energy_shape("hmc_step", energy_new, x_new.shape[0])
     log_alpha = (state.energy + kinetic_energy(p, mass)) - (energy_new + kinetic_energy(p_new, mass))
     return metropolis_accept(state, ChainState(x_new, energy_new, grad_new), log_alpha, u)

@@ -30,6 +30,8 @@ class AutoSaver:
         if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool)
                                      or interval == 0 or interval < -1):
             raise ValueError(f"auto_save: interval={interval!r} must be a positive int, -1 (only at the end) or None (off).")
+        if not isinstance(save_path, (str, os.PathLike)):
+            raise TypeError(f"auto_save: save_path={save_path!r} must be a folder path (str or os.PathLike).")
         check_name(name, log_keys, float_keys)
         self.interval, self.save_path, self.name, self.overwrite = interval, os.fspath(save_path), name, bool(overwrite)
 

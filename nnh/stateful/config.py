@@ -24,6 +24,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One `NNHandler.train` call's settings, checked when built.
@@ -74,6 +78,20 @@ class TrainConfig:
             raise ValueError(f"train: gradient_accumulation_steps={k!r} must be an int >= 1 (1 = no accumulation).")
         if not isinstance(self.validate_every, int) or self.validate_every < 0:
             raise ValueError(f"train: validate_every={self.validate_every!r} must be an int >= 0 (0 = never validate).")
+        for name in ("gradient_clipping_norm", "ema_decay"):
+            value = getattr(self, name)
+            if not (_is_number(value) or (value is None and name == "gradient_clipping_norm")):
+                raise TypeError(f"train: {name}={value!r} must be a number"
+                                + (" or None" if name == "gradient_clipping_norm" else " (0 disables the EMA)") + ".")
+        for name in ("validate_every", "max_nonfinite_steps"):
+            if isinstance(getattr(self, name), bool):
+                raise TypeError(f"train: {name}={getattr(self, name)!r} must be an int, not a bool.")
+        interval = self.debug_print_interval
+        if interval is not None and (not _is_int(interval) or interval < 1):
+            raise ValueError(f"train: debug_print_interval={interval!r} must be an int >= 1, or None (no debug logs).")
+        for name in ("progress_bar", "save_on_last_epoch", "epoch_train_and_val_pbar"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"train: {name}={getattr(self, name)!r} must be True or False.")
         clip = self.gradient_clipping_norm
         if clip is not None and not clip > 0:
             raise ValueError(f"train: gradient_clipping_norm={clip!r} must be > 0, or None for no clipping.")

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from nnh.func.checkpoint import atomic_save
 from nnh.stateful import checkpoint, loop, reporting
 from nnh.stateful._logging import make_logger
+from nnh.stateful.checks import (build_optimizer_checked, check_dataset, check_device, check_flag,
+                                 check_logger_level, check_loss_fn, check_module, check_scheduler_class)
 from nnh.stateful.autosave import AutoSaver, check_name, log_keys
 from nnh.stateful.compiled import StepRunner
 from nnh.stateful.config import TrainConfig, check_metric, check_ready
@@ -53,13 +55,14 @@ class NNHandler:
                  logger_level: int = logging.INFO, save_model_code: bool = False,
                  model_type: ModelType | str = ModelType.CLASSIFICATION, use_distributed: bool | None = None,
                  **model_kwargs: Any) -> None:
+        check_flag("NNHandler", "use_distributed", use_distributed, allow_none=True)
         if use_distributed:
             raise NotImplementedError(
                 "NNHandler(use_distributed=True): distributed training is not part of this "
                 "nnh release; run without use_distributed (one process)."
             )
-        self._runtime = Runtime(torch.device(device))
-        self._logger = make_logger(logger_mode, logger_filename, logger_level)
+        self._runtime = Runtime(check_device(device))
+        self._logger = make_logger(logger_mode, logger_filename, check_logger_level(logger_level))
         self._model_type = ModelType.from_string(model_type)
         self._parts: Parts | None = None
         self._optimization = Optimization()
@@ -162,10 +165,8 @@ class NNHandler:
 
     def set_optimizer(self, optimizer_class: type[torch.optim.Optimizer], **optimizer_kwargs: Any) -> None:
         """Build `optimizer_class(handler.module.parameters(), **optimizer_kwargs)`."""
-        if not (inspect.isclass(optimizer_class) and issubclass(optimizer_class, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass, got {optimizer_class!r}; "
-                            "e.g. handler.set_optimizer(torch.optim.AdamW, lr=1e-3).")
-        self._optimization.set_optimizer(self.module, optimizer_class, optimizer_kwargs)
+        build_optimizer_checked(optimizer_class, lambda: self._optimization.set_optimizer(
+            self.module, optimizer_class, optimizer_kwargs), optimizer_kwargs)
 
     def set_scheduler(self, scheduler_class: type | None, interval: str = "epoch", **scheduler_kwargs: Any) -> None:
         """Attach an LR scheduler to the optimizer, or remove it with None.
@@ -174,22 +175,26 @@ class NNHandler:
         training loss when there is no validation), or after every accumulation window
         (skipped or not) with `interval="batch"`.
         """
+        check_scheduler_class(scheduler_class)
         self._optimization.set_scheduler(scheduler_class, scheduler_kwargs, interval)
 
     def set_loss_fn(self, loss_fn: Callable, pass_epoch_to_loss: bool = False, **kwargs: Any) -> None:
         """Set `loss_fn(output, targets, **kwargs)`; with `pass_epoch_to_loss`, the 0-based
         epoch is passed as `epoch=` when the loss accepts it. A tuple return back-propagates
         its first element."""
+        check_loss_fn(loss_fn, kwargs)
         self._loss.update(loss_fn, kwargs, pass_epoch_to_loss)
 
     def set_train_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
         """Training data: a Dataset (wrapped in `DataLoader(dataset, **loader_kwargs)`, fetching
         whole batches at once where the dataset allows, see `nnh.stateful.data`) or a ready
         DataLoader."""
+        check_dataset("train", dataset)
         self._loaders["train"] = (make_loader("train", dataset, loader_kwargs), dict(loader_kwargs))
 
     def set_val_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
         """Validation data, as `set_train_loader`."""
+        check_dataset("val", dataset)
         self._loaders["val"] = (make_loader("val", dataset, loader_kwargs), dict(loader_kwargs))
 
     def add_metric(self, name: str, metric_fn: Callable) -> None:
@@ -300,6 +305,7 @@ class NNHandler:
 
     def freeze_module(self, module: nn.Module, verbose: bool = False) -> None:
         """Set `requires_grad=False` on every parameter of `module`."""
+        check_module("freeze_module", module)
         n = 0
         for p in module.parameters():
             p.requires_grad_(False)

@@ -229,3 +229,39 @@ def test_mala_step_compiles_with_fullgraph_and_matches_eager():
     torch.testing.assert_close(got.energy, eager.energy)
     torch.testing.assert_close(got_info.accepted, eager_info.accepted)
     assert isinstance(got, ChainState)
+
+
+def _run(step, state, eg, value=0.1, **scales):
+    gen = torch.Generator().manual_seed(0)
+    if step == "langevin":
+        return langevin_step(state, eg, value, generator=gen, **scales)
+    if step == "mala":
+        return mala_step(state, eg, value, generator=gen, **scales)
+    return hmc_step(state, eg, value, 2, generator=gen)
+
+
+@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+def test_steps_refuse_a_b1_energy_with_the_sampler_message(step):
+    eg = autograd_energy_and_grad(lambda x: 0.5 * x * x)  # (B, 1) energies on (B, 1) states
+    state = init_chain_state(torch.randn(4, 1), eg)
+    with pytest.raises(ValueError, match=rf"^{step}_step: the model must return one energy per chain, shape \(4,\), "
+                                         r"got \(4, 1\); e\.g\. end forward with \.squeeze\(-1\)"):
+        _run(step, state, eg)
+
+
+@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+@pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf")])
+def test_steps_refuse_a_step_size_outside_its_bound(step, value):
+    state = init_chain_state(torch.zeros(3, 2), quadratic_eg)
+    with pytest.raises(ValueError, match=rf"^{step}_step: step_size must be finite and > 0, got {value!r}\.$"):
+        _run(step, state, quadratic_eg, value)
+
+
+def test_noise_scale_bounds_of_the_pure_steps():
+    state = init_chain_state(torch.zeros(3, 2), quadratic_eg)
+    with pytest.raises(ValueError, match=r"^mala_step: noise_scale must be finite and > 0, got 0\.0\.$"):
+        _run("mala", state, quadratic_eg, noise_scale=0.0)
+    with pytest.raises(ValueError, match=r"^langevin_step: noise_scale must be finite and >= 0, got -1\.0\.$"):
+        _run("langevin", state, quadratic_eg, noise_scale=-1.0)
+    new, _ = _run("langevin", state, quadratic_eg, noise_scale=0.0)  # s = 0: gradient descent, allowed
+    torch.testing.assert_close(new.x, state.x)  # the gradient at 0 is 0

@@ -8,17 +8,28 @@ A subclass implements one of two things:
 - or its own ``sample(...)`` loop, using the scheduler registry (`register_scheduler`,
   `get_scheduled_value`, `step_schedulers`, `reset_schedulers`), ``self.model``,
   ``self.dtype`` and ``self.device``.
+
+Scheduled values. A parameter registered with ``positive=True`` (every step size, MALA's noise
+scale) must be finite and > 0 at every step, one with ``positive=False`` (Langevin's noise
+scale) finite and >= 0. `sample` tests the value of each step before using it and refuses a
+schedule that leaves the bound (a cosine to 0, an exponential decay that underflows, a line
+that crosses 0) with a ValueError naming the parameter, the step and the value. A zero step
+is refused rather than read as "no move": MALA's proposal density divides by h s^2 and HMC
+would accept a trajectory of length 0 every time, so a zero would either fail or silently
+freeze the chains. The values are Python floats, so the test costs no host sync.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
 
-from nnh.func.mcmc import ChainState, StepInfo, energy_and_grad_fn, init_chain_state
+from nnh.func.mcmc import ChainState, StepInfo, energy_and_grad_fn, event_sum, init_chain_state
+from nnh.func.mcmc import _check_energy_shape  # the one wording of the (B,) energy error
 from nnh.stateful.mcmc.schedulers import BaseScheduler, ConstantScheduler
 from nnh.stateful.sampler import Sampler
 
@@ -87,17 +98,20 @@ class BaseSampler(Sampler):
         self.dim = _event_shape(owner, dim)
         self.n_steps = _count(owner, "n_steps", n_steps)
         self.schedulers: dict[str, BaseScheduler] = {}
+        self._positive: dict[str, bool] = {}  # the bound of each registered value: > 0 or >= 0
         self._energy_and_grad = energy_and_grad_fn(model)
 
     # -- scheduler registry: a dict, so stepping costs O(number of schedulers) per step --------
 
     def register_scheduler(self, name: str, scheduler: ScheduledValue, *, positive: bool = True) -> None:
-        """Register ``scheduler`` (or a number, wrapped in `ConstantScheduler`) under ``name``."""
+        """Register ``scheduler`` (or a number, wrapped in `ConstantScheduler`) under ``name``.
+
+        Its value must be finite and > 0 (``positive=False``: >= 0): now, and at every step of
+        `sample`, which raises ValueError at the first step that breaks the bound."""
         if isinstance(scheduler, BaseScheduler):
             start = scheduler.get_value()
         elif isinstance(scheduler, (int, float)) and not isinstance(scheduler, bool):
             start = float(scheduler)
-            scheduler = ConstantScheduler(start)
         else:
             raise TypeError(
                 f"{type(self).__name__}: {name} must be a number or an nnh scheduler, got {type(scheduler).__name__}."
@@ -105,7 +119,8 @@ class BaseSampler(Sampler):
         if not math.isfinite(start) or (start <= 0 if positive else start < 0):
             bound = "> 0" if positive else ">= 0"
             raise ValueError(f"{type(self).__name__}: {name} must be finite and {bound}, got {start!r}.")
-        self.schedulers[name] = scheduler
+        self.schedulers[name] = scheduler if isinstance(scheduler, BaseScheduler) else ConstantScheduler(start)
+        self._positive[name] = positive
 
     def get_scheduled_value(self, name: str) -> float:
         """The current value of the scheduler registered as ``name``."""
@@ -158,12 +173,35 @@ class BaseSampler(Sampler):
 
     def _init_state(self, x: Tensor) -> ChainState:
         state = init_chain_state(x, self._energy_and_grad)
-        if state.energy.shape != (x.shape[0],):
-            raise ValueError(
-                f"{type(self).__name__}: the model must return one energy per chain, shape ({x.shape[0]},), "
-                f"got {tuple(state.energy.shape)}; e.g. end forward with .squeeze(-1) or .sum over event dims."
-            )
+        _check_energy_shape(type(self).__name__, state.energy, x.shape[0])
         return state
+
+    def _check_scheduled_values(self, k: int) -> None:
+        """Raise if a registered value for step ``k`` of this run leaves its bound (see the module
+        docstring). Python floats only: no host sync."""
+        for name, scheduler in self.schedulers.items():
+            positive = self._positive.get(name)
+            if positive is None:  # put in self.schedulers directly: no declared bound
+                continue
+            value = scheduler.get_value()
+            if not (0.0 < value < math.inf if positive else 0.0 <= value < math.inf):
+                bound = "> 0" if positive else ">= 0"
+                clock = "" if scheduler.step_count == k else f" (scheduler step {scheduler.step_count})"
+                raise ValueError(
+                    f"{type(self).__name__}.sample: {name} must be finite and {bound} at every step, but its "
+                    f"scheduler gives {value!r} at step {k} of this run{clock}; "
+                    f"keep the schedule {bound} (end_value {bound}, ExponentialDecayScheduler(..., min_value=...)) "
+                    "or run fewer steps."
+                )
+
+    def _stuck_chains(self, state: ChainState) -> Tensor:
+        """(B,) bool: chains at a non-finite state, which no transition moves: a finite state never
+        leads to a non-finite one, so these chains have not moved since their start. Metropolis
+        samplers need a finite energy; Langevin dynamics only a finite x and gradient."""
+        total = event_sum(state.x + state.grad)
+        if self.has_acceptance:
+            total = total + state.energy
+        return ~torch.isfinite(total)
 
     def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo | None]:
         """One transition with the current scheduled values. Returns the new state and its
@@ -242,6 +280,10 @@ class BaseSampler(Sampler):
             reset_schedulers: start the schedulers from step 0; False continues their clock
                 from the previous call (annealing across the calls of a training loop).
             generator: a torch.Generator for every random draw (default: the global RNG).
+
+        Raises ValueError at the first step whose scheduled value leaves its bound (module
+        docstring). Warns (RuntimeWarning, once per call) when chains end at a non-finite start
+        they could never leave; counted once on the host after the loop.
         """
         owner = f"{type(self).__name__}.sample"
         if type(self)._transition is BaseSampler._transition:
@@ -265,6 +307,7 @@ class BaseSampler(Sampler):
         accepted_sum = x0.new_zeros(()) if diag is not None and self.has_acceptance else None
         nonfinite_sum = torch.zeros((), dtype=torch.int64, device=x0.device) if diag is not None else None
         for k in range(n_steps):
+            self._check_scheduled_values(k)
             state, info = self._transition(state, generator)
             self.step_schedulers()
             if diag is not None and info is not None:
@@ -278,6 +321,15 @@ class BaseSampler(Sampler):
                 trajectory[:, kept] = state.x
             if diag is not None:
                 self._record(diag, kept, state, x0.shape[0] * thin, accepted_sum, nonfinite_sum)
+        n_stuck = int(self._stuck_chains(state).sum())  # the one host sync of sample, after the loop
+        if n_stuck:
+            warnings.warn(
+                f"{owner}: {n_stuck} of {x0.shape[0]} chains never moved: their start has a non-finite "
+                f"{'position, energy or gradient' if self.has_acceptance else 'position or gradient'} (NaN or inf), "
+                "so every proposal from it is rejected; start them where the model and its gradient are finite.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         out = trajectory if trajectory is not None else state.x
         return (out, diag) if diag is not None else out
 

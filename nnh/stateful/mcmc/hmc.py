@@ -23,7 +23,8 @@ class HamiltonianMonteCarlo(BaseSampler):
     first of the next, so a run of T transitions costs T L + 1 gradient evaluations.
 
     Args:
-        model: energy U. step_size: epsilon > 0 (a number or a scheduler).
+        model: energy U. step_size: epsilon > 0 (a number or a scheduler); a schedule reaching 0
+            or below raises ValueError at that step (see `BaseSampler`).
         n_leapfrog_steps: L >= 1.
         mass: None (identity), a positive float or int, or a positive tensor broadcastable to
             the event shape (a diagonal mass matrix).

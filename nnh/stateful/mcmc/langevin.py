@@ -33,6 +33,7 @@ class LangevinDynamics(BaseSampler):
     Args:
         model: energy U, (B, *event_shape) -> (B,).
         step_size: h > 0, a number or a scheduler. noise_scale: s >= 0, a number or a scheduler.
+            A schedule leaving these bounds raises ValueError at that step (see `BaseSampler`).
         device, dtype, dim, n_steps: see `BaseSampler`.
     """
 

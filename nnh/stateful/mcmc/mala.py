@@ -22,7 +22,8 @@ class MALA(BaseSampler):
     proposals are rejected and counted (``n_nonfinite``).
 
     Args:
-        model: energy U. step_size: h > 0; noise_scale: s > 0 (numbers or schedulers).
+        model: energy U. step_size: h > 0; noise_scale: s > 0 (numbers or schedulers); a
+            schedule reaching 0 or below raises ValueError at that step (see `BaseSampler`).
         device, dtype, dim, n_steps: see `BaseSampler`.
     """
 

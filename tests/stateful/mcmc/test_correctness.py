@@ -119,3 +119,38 @@ def test_ula_step_size_bias_and_mala_removes_it():
     assert abs(ula_var - biased) < K * biased * math.sqrt(2 / n)
     assert abs(mala_var - 1.0) < K * math.sqrt(2 / n)
     assert ula_var - 1.0 > 10 * math.sqrt(2 / n)  # the bias is far outside the noise
+
+
+def sample_variance_bound(v, n):
+    """K standard errors of the sample variance of n Gaussian draws of variance v: Var = 2 v^2 / (n - 1)."""
+    return K * v * math.sqrt(2 / (n - 1))
+
+
+@pytest.mark.parametrize("mass", [4.0, torch.tensor([4.0, 0.25], dtype=torch.float64)])
+def test_hmc_with_a_mass_samples_the_target_variance(mass):
+    # The mass changes the dynamics, not the target: on N(0, I) the variance stays 1 for any M.
+    # Drawing p ~ N(0, I) instead of N(0, M) with M = 4 would give a variance of about 0.26.
+    # A coordinate of mass m turns by the angle epsilon L / sqrt(m) per transition, so x'
+    # correlates with x by cos(epsilon L / sqrt(m)): epsilon L = 2.4 gives 0.36 for m = 4 and
+    # 0.09 for m = 1/4 (a multiple of pi would freeze it), and 40 transitions from a start of
+    # variance 4 forget it (0.36^40 ~ 1e-18).
+    n = 20_000
+    gen = torch.Generator().manual_seed(7)
+    x0 = 2.0 * torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    sampler = HamiltonianMonteCarlo(HarmonicModel(), 0.12, n_leapfrog_steps=20, mass=mass, dtype=torch.float64)
+    samples = sampler.sample(x=x0, n_steps=40, generator=gen)
+    torch.testing.assert_close(samples.mean(0), torch.zeros(2, dtype=torch.float64), atol=K / math.sqrt(n), rtol=0)
+    var = samples.var(0)
+    assert ((var - 1.0).abs() < sample_variance_bound(1.0, n)).all(), var
+
+
+def test_mala_noise_scale_samples_exp_minus_u_over_s_squared():
+    # With s = 2, MALA targets exp(-U / 4): N(0, 4) for U = x^2 / 2 (T = s, not s^2, gives ~1.83).
+    # The proposal contracts by 1 - h = 0.5 per step, so 60 steps forget the start.
+    s, n = 2.0, 40_000
+    gen = torch.Generator().manual_seed(9)
+    x0 = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    samples = MALA(HarmonicModel(), step_size=0.5, noise_scale=s, dtype=torch.float64).sample(
+        x=x0, n_steps=60, generator=gen)
+    assert abs(samples.mean().item()) < K * s / math.sqrt(n)
+    assert abs(samples.var().item() - s * s) < sample_variance_bound(s * s, n), samples.var().item()

@@ -1,17 +1,22 @@
 """The sampler classes: call forms, shapes, diagnostics, schedulers, save/load, errors, handler."""
 
+import warnings
+
 import pytest
 import torch
 
 import nnh
 from nnh import (
     MALA,
+    CosineScheduler,
     DoubleWellModel,
+    ExponentialDecayScheduler,
     GaussianModel,
     HamiltonianMonteCarlo,
     HarmonicModel,
     LangevinDynamics,
     LinearScheduler,
+    MultiStepScheduler,
     NNHandler,
     Sampler,
     WarmupScheduler,
@@ -217,3 +222,96 @@ def test_handler_set_sampler_and_get_samples(tmp_path):
     assert loaded.sampler.model is loaded.module
     assert loaded.sampler.save() == handler.sampler.save()
     assert loaded.get_samples(3).shape == (3, 2)
+
+
+# -- scheduled values that leave their bound, non-finite starts --------------------------------
+
+def flips_sign_at(start, k):
+    """start for steps < k, -start from step k on."""
+    return MultiStepScheduler(start, [k], gamma=-1.0)
+
+
+U = HarmonicModel()
+LEAVING = [
+    # (sampler factory, the step whose value breaks the bound, the parameter, its value there)
+    (lambda: MALA(U, step_size=CosineScheduler(0.1, 0.0, 10)), 10, "step_size", "0.0"),
+    # 0.1 * (1e-100)^4 underflows to 0.0, as ExponentialDecayScheduler(0.1, 0.5) does at ~1,070 steps.
+    (lambda: MALA(U, step_size=ExponentialDecayScheduler(0.1, 1e-100)), 4, "step_size", "0.0"),
+    (lambda: MALA(U, 0.1, noise_scale=LinearScheduler(1.0, 0.0, 5)), 5, "noise_scale", "0.0"),
+    (lambda: MALA(U, step_size=flips_sign_at(0.1, 3)), 3, "step_size", "-0.1"),
+    (lambda: LangevinDynamics(U, step_size=flips_sign_at(0.1, 3)), 3, "step_size", "-0.1"),
+    (lambda: LangevinDynamics(U, 0.1, noise_scale=flips_sign_at(1.0, 2)), 2, "noise_scale", "-1.0"),
+    (lambda: HamiltonianMonteCarlo(U, flips_sign_at(0.1, 3), 2), 3, "step_size", "-0.1"),
+    (lambda: HamiltonianMonteCarlo(U, CosineScheduler(0.1, 0.0, 4), 2), 4, "step_size", "0.0"),
+]
+
+
+@pytest.mark.parametrize("make, step, name, value", LEAVING)
+def test_a_schedule_leaving_its_bound_is_refused_at_that_step(make, step, name, value):
+    sampler = make()
+    bound = ">= 0" if isinstance(sampler, LangevinDynamics) and name == "noise_scale" else "> 0"
+    with pytest.raises(ValueError, match=rf"\.sample: {name} must be finite and {bound} at every step, "
+                                         rf"but its scheduler gives {value} at step {step} of this run;"):
+        sampler.sample(x=torch.zeros(4, 1), n_steps=12, generator=torch.Generator().manual_seed(0))
+    # The same schedule runs up to the step before, and the error gives the scheduler's own clock
+    # when the run continues it.
+    sampler.sample(x=torch.zeros(4, 1), n_steps=step, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"at step 0 of this run \(scheduler step {step}\)"):
+        sampler.sample(x=torch.zeros(4, 1), n_steps=1, reset_schedulers=False)
+
+
+def test_langevin_noise_scale_may_reach_zero():
+    # s = 0 is gradient descent (Langevin's noise_scale is bounded by >= 0, not > 0).
+    sampler = LangevinDynamics(LinearEnergy(), step_size=0.1, noise_scale=LinearScheduler(1.0, 0.0, 2))
+    assert torch.isfinite(sampler.sample(x=torch.zeros(3, 1), n_steps=5)).all()
+
+
+@pytest.mark.parametrize("cls", [LangevinDynamics, MALA, HamiltonianMonteCarlo])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_a_nonfinite_or_zero_step_size_names_the_sampler_parameter(cls, bad):
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: step_size must be finite and > 0, got {bad!r}\.$"):
+        cls(HarmonicModel(), step_size=bad)
+
+
+class NaNAboveTwo(torch.nn.Module):
+    """U = |x|^2 / 2 + sqrt(2 - x_0): energy and gradient NaN where x_0 > 2."""
+
+    def forward(self, x):
+        return 0.5 * (x * x).sum(1) + torch.sqrt(2.0 - x[:, 0])
+
+
+class NaNEnergyFiniteGradient(nnh.BaseModel):
+    """Energy NaN where x_0 > 2, gradient x everywhere: Langevin moves, Metropolis cannot."""
+
+    def forward(self, x):
+        return self.energy_and_gradient(x)[0]
+
+    def energy_and_gradient(self, x):
+        energy = 0.5 * (x * x).sum(1)
+        return torch.where(x[:, 0] > 2.0, float("nan"), energy), x.clone()
+
+
+@pytest.mark.parametrize("make", ALL)
+@pytest.mark.parametrize("model", [NaNAboveTwo, NaNEnergyFiniteGradient])
+def test_chains_stuck_at_a_nonfinite_start_warn_once_with_their_count(make, model):
+    sampler = make(model())
+    x0 = torch.zeros(10, 2)
+    x0[:3, 0] = 3.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sampler.sample(x=x0, n_steps=20, generator=torch.Generator().manual_seed(0))
+    stuck = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    if isinstance(sampler, LangevinDynamics) and model is NaNEnergyFiniteGradient:
+        assert not stuck  # the dynamics use only the gradient, which is finite: the chains move
+        assert (out[:3] != x0[:3]).all()
+        return
+    assert len(stuck) == 1, [str(w.message) for w in stuck]
+    assert f"{type(sampler).__name__}.sample: 3 of 10 chains never moved" in str(stuck[0].message)
+    torch.testing.assert_close(out[:3], x0[:3])
+
+
+@pytest.mark.parametrize("make", ALL)
+def test_finite_starts_do_not_warn(make):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(NaNAboveTwo()).sample(x=torch.zeros(10, 2), n_steps=5, generator=torch.Generator().manual_seed(0))
