@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test mutate install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Mutation testing of nnh/func against tests/func (slow: minutes to an hour; not part of test).
+mutate: install-dev
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV) nnh-demo *.egg-info

@@ -176,3 +176,58 @@ def test_init_train_state_rejects_optimizer_of_another_model():
     m, other = _net(), _net()
     with pytest.raises(ValueError, match="module.parameters"):
         init_train_state(m, torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_every_accumulation_window_is_averaged_over_its_own_samples():
+    # Three windows of two micro-batches each against a plain torch loop that takes one SGD
+    # step per window on the concatenated batch: a sample count carried over from the
+    # previous window (acc.add_ instead of acc.fill_ at micro-batch 0) would shrink every
+    # window's update after the first.
+    sizes = [(6, 10), (4, 4), (9, 3)]
+    x, y = _data(sum(a + b for a, b in sizes))
+    ref, acc = _net(), _net()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5, foreach=True)
+    opt = torch.optim.SGD(acc.parameters(), lr=0.5)
+    state = init_train_state(acc, opt)
+    start = 0
+    for window in sizes:
+        n = sum(window)
+        xb, yb = x[start:start + n], y[start:start + n]
+        ref_opt.zero_grad()
+        nn.functional.cross_entropy(ref(xb), yb).backward()
+        ref_opt.step()
+        offset = 0
+        for i, k in enumerate(window):
+            train_step(state, (xb[offset:offset + k], yb[offset:offset + k]), module=acc, loss_fn=_loss,
+                       optimizer=opt, micro_batch=i, update=i == len(window) - 1)
+            offset += k
+        start += n
+        for a, b in zip(ref.parameters(), acc.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert int(state["step"]) == 3
+
+
+def test_extra_keys_of_a_dict_batch_reach_the_model():
+    from nnh.stateful._batches import unpack_batch
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 3)
+
+        def forward(self, x, scale=1.0):
+            return self.lin(x) * scale
+
+    def loss_fn(model, batch):
+        inputs, targets, args, kwargs = unpack_batch(batch)
+        out = model(inputs, *args, **kwargs)
+        return nn.functional.mse_loss(out, targets), out
+
+    torch.manual_seed(0)
+    m = Scaled()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    x, y = torch.randn(4, 5), torch.randn(4, 3)
+    _, metrics = train_step(init_train_state(m, opt), {"x": x, "y": y, "scale": torch.tensor(3.0)},
+                            module=m, loss_fn=loss_fn, optimizer=opt)
+    torch.testing.assert_close(metrics["output"], m.lin(x).detach() * 3.0)
+    torch.testing.assert_close(metrics["loss"], nn.functional.mse_loss(m.lin(x) * 3.0, y).detach())

@@ -14,6 +14,9 @@ import torch
 from nnh import NNHandler
 from tests._models import CHILD_ENV, build_handler, set_loaders
 
+# These tests start child processes: a hang fails in seconds, not at CI's limit.
+pytestmark = pytest.mark.timeout(60)
+
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = dict(progress_bar=False)
 

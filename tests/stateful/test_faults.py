@@ -148,3 +148,35 @@ def test_a_metric_that_raises_or_returns_a_non_scalar_is_named():
     h.add_metric("vector", lambda out, y: out.argmax(-1) == y)
     with pytest.raises(ValueError, match=r"metric 'vector' returned a tensor of shape \(8,\)"):
         h.train(1, **QUIET)
+
+
+def test_a_run_whose_every_loss_is_non_finite_raises_across_epochs():
+    # Two batches per epoch and max_nonfinite_steps=3: the count must run on across epochs.
+    h = handler(n=16)
+    h.set_loss_fn(lambda out, y: nn.functional.cross_entropy(out, y) * float("nan"))
+    before = [p.detach().clone() for p in h.module.parameters()]
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="3 non-finite losses in a row"):
+        h.train(5, max_nonfinite_steps=3, **QUIET)
+    assert h.epoch == 1 and int(h.train_state["step"]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, h.module.parameters()))
+
+
+def test_a_finite_loss_with_non_finite_gradients_does_not_reach_the_weights():
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("nan")
+
+    class Poisoned(Net):
+        def forward(self, x):
+            return NanGrad.apply(super().forward(x))
+
+    h = handler(Poisoned, n=16)
+    before = [p.detach().clone() for p in h.module.parameters()]
+    h.train(1, **QUIET)
+    assert math.isfinite(h.train_losses[0]) and int(h.train_state["step"]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, h.module.parameters()))

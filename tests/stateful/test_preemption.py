@@ -25,7 +25,8 @@ TOTAL = 4
 KW = dict(use_amp=True, ema_decay=0.9, progress_bar=False)
 # The signalling callbacks live in this test module: saving them warns that they cannot be
 # imported again, which is expected here (they are left out at load with callbacks=[]).
-pytestmark = pytest.mark.filterwarnings("ignore:NNHandler.save. callbacks:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:NNHandler.save. callbacks:UserWarning"),
+              pytest.mark.timeout(60)]  # child processes: a hang fails in a minute, not at CI's limit
 
 
 class SignalAt:
