@@ -18,8 +18,14 @@ Load (from files written once; the page cache is warm for every case):
     torch.load          torch.load(plain file, weights_only=True)
     plain restore       torch.load + build the model + load_state_dict + Adam + load_state_dict
     NNHandler.load      NNHandler.load(handler file, model_class=...): the same, done by nnh
+    load, unverified    NNHandler.load with the checksum verification switched off
+    verify_checksum     the whole verification alone, waited for, on the dict torch.load read
+                        (NNHandler.load runs its tensor part beside the build: it adds less)
 
-Target: NNHandler.save <= 1.2x torch.save, atomic write included; NNHandler.load <= 1.2x.
+and, after the save cases, `add_checksum` alone (the part of NNHandler.save that seals the file).
+
+Target: NNHandler.save <= 1.2x torch.save, atomic write included; NNHandler.load <= 1.2x; the
+checksum verification adds < 5% to NNHandler.load.
 
     .venv/bin/python benchmarks/checkpoint.py [--width 4096] [--layers 3] [--repeats 7] [--dir /tmp]
 """
@@ -31,6 +37,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from typing import Any, Callable
 
@@ -38,10 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _timing import interleave, load_line, machine_line, median, report, stopwatch
+from _timing import interleave, load_line, machine_line, median, paired_ratio, report, stopwatch
 
+import nnh.func.checkpoint as func_checkpoint
 from nnh import NNHandler
 from nnh.func import atomic_save
+import nnh.stateful.checkpoint as stateful_checkpoint
+from nnh.stateful.checkpoint import handler_checkpoint
 
 
 class WideMLP(nn.Module):
@@ -112,7 +122,11 @@ def save_cases(handler: NNHandler, folder: str) -> dict[str, Callable[[], float]
     }
 
 
-def load_cases(handler: NNHandler, folder: str, width: int, layers: int) -> dict[str, Callable[[], float]]:
+def load_cases(handler: NNHandler, folder: str, width: int, layers: int,
+               verify_waits: list[float]) -> dict[str, Callable[[], float]]:
+    """The load cases; `verify_waits` receives, per NNHandler.load, the seconds it waited on
+    the checksum verification."""
+    real_verify = stateful_checkpoint.verify_checksum
     plain_path, handler_path = fresh_path(folder, "load_plain"), fresh_path(folder, "load_handler")
     torch.save({"model": handler.module.state_dict(), "optimizer": handler.optimizer.state_dict()}, plain_path)
     with warnings.catch_warnings():
@@ -135,8 +149,40 @@ def load_cases(handler: NNHandler, folder: str, width: int, layers: int) -> dict
     def handler_load() -> None:
         NNHandler.load(handler_path, model_class=WideMLP)
 
+    def timed_verify(ckpt: dict, path: str, wait: bool = True) -> Callable[[], None]:
+        # What the verification keeps NNHandler.load waiting: the part done before it returns
+        # (keys and plain values) plus the wait for the tensor thread at the end.
+        start = time.perf_counter()
+        finish = real_verify(ckpt, path, wait=wait)
+        before = time.perf_counter() - start
+
+        def timed_finish() -> None:
+            start = time.perf_counter()
+            try:
+                finish()
+            finally:
+                verify_waits.append(before + time.perf_counter() - start)
+        return timed_finish
+
+    def verified_load() -> float:
+        stateful_checkpoint.verify_checksum = timed_verify
+        try:
+            return stopwatch(handler_load)
+        finally:
+            stateful_checkpoint.verify_checksum = real_verify
+
+    def unverified_load() -> float:
+        stateful_checkpoint.verify_checksum = lambda ckpt, path, wait=True: lambda: None  # load_handler's name
+        try:
+            return stopwatch(handler_load)
+        finally:
+            stateful_checkpoint.verify_checksum = real_verify
+
+    sealed = torch.load(handler_path, map_location="cpu", weights_only=True)
+
     return {"torch.load": lambda: stopwatch(plain_load), "plain restore": lambda: stopwatch(plain_restore),
-            "NNHandler.load": lambda: stopwatch(handler_load)}
+            "NNHandler.load": verified_load, "load, unverified": unverified_load,
+            "verify_checksum": lambda: stopwatch(lambda: func_checkpoint.verify_checksum(sealed, handler_path))}
 
 
 def disk_report(folder: str) -> str:
@@ -176,15 +222,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"NNHandler.save / (torch.save+fsync) = {median(saves['NNHandler.save']) / synced:.2f}; "
               f"fsync alone adds {(synced - base) * 1e3:.0f} ms ({(synced - base) / median(saves['NNHandler.save']):.0%} "
               "of NNHandler.save)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = handler_checkpoint(handler)
+        seal = median([stopwatch(lambda: func_checkpoint.add_checksum(ckpt)) for _ in range(args.repeats)])
+        print(f"add_checksum (inside NNHandler.save): {seal * 1e3:.1f} ms = "
+              f"{seal / median(saves['NNHandler.save']):.1%} of NNHandler.save")
 
         print("\nload")
-        loads = interleave(load_cases(handler, folder, args.width, args.layers), repeats=args.repeats,
+        verify_waits: list[float] = []
+        loads = interleave(load_cases(handler, folder, args.width, args.layers, verify_waits), repeats=args.repeats,
                            warmup=args.warmup)
         print(report(loads, "torch.load", unit="ms", scale=1e3))
         ratio = median(loads["NNHandler.load"]) / median(loads["torch.load"])
         print(f"NNHandler.load / torch.load = {ratio:.2f}  (target <= 1.2: {'met' if ratio <= 1.2 else 'MISSED'})")
         print(f"NNHandler.load / plain restore = "
               f"{median(loads['NNHandler.load']) / median(loads['plain restore']):.2f}")
+        waited = median(verify_waits[args.warmup:])
+        cost = waited / median(loads["NNHandler.load"])
+        print(f"checksum verification: NNHandler.load waits {waited * 1e3:.1f} ms on it = {cost:.1%} of NNHandler.load "
+              f"(target < 5%: {'met' if cost < 0.05 else 'MISSED'}); done alone and waited for, "
+              f"{median(loads['verify_checksum']) * 1e3:.1f} ms; NNHandler.load / unverified (paired) = "
+              f"{paired_ratio(loads['NNHandler.load'], loads['load, unverified']):.3f} (noisy: two loads)")
         print(f"\nafter the timed runs: {load_line()}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

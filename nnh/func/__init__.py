@@ -15,6 +15,11 @@ from nnh.func.train import batch_size_of
 from nnh.func.train import clip_grad_norm
 from nnh.func.train import init_train_state
 from nnh.func.train import train_step
+from nnh.func.checkpoint import CHECKSUM_KEY
+from nnh.func.checkpoint import Unstorable
+from nnh.func.checkpoint import add_checksum
+from nnh.func.checkpoint import tensor_checksum
+from nnh.func.checkpoint import verify_checksum
 from nnh.func.checkpoint import atomic_save
 from nnh.func.checkpoint import atomic_write
 from nnh.func.checkpoint import CheckpointError
@@ -62,6 +67,11 @@ __all__ = [
     "clip_grad_norm",
     "init_train_state",
     "train_step",
+    "CHECKSUM_KEY",
+    "Unstorable",
+    "add_checksum",
+    "tensor_checksum",
+    "verify_checksum",
     "atomic_save",
     "atomic_write",
     "CheckpointError",

@@ -3,28 +3,33 @@
 A checkpoint is a dict that `torch.load(path, weights_only=True)` reads: tensors, numbers,
 strings, bools, None, and lists/tuples/dicts of them. Classes and functions are stored as
 import paths (``"package.module:QualName"``) and imported again on load; nothing is ever
-unpickled.
+unpickled. `add_checksum` seals such a dict with a checksum of every tensor and of the rest,
+which `read_checkpoint` verifies, so a file changed after saving is refused, not loaded.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import enum
 import pickle
 import secrets
+import stat
 import zipfile
 from typing import IO, Any, Callable
 
-import numpy as np
 import torch
 from tensordict import TensorDict
 
-from nnh._init_record import recorded_init
+from nnh.func._errors import CheckpointError
+from nnh.func.encoding import Unrecorded, decode_value, encode_value, find_unrecorded, import_object, import_path
+from nnh.func.checksum import CHECKSUM_KEY, Unstorable, add_checksum, tensor_checksum, verify_checksum
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "CHECKSUM_KEY",
+    "add_checksum",
+    "verify_checksum",
+    "tensor_checksum",
     "atomic_save",
     "atomic_write",
     "read_checkpoint",
@@ -36,14 +41,12 @@ __all__ = [
     "decode_value",
     "find_unrecorded",
     "Unrecorded",
+    "Unstorable",
 ]
 
-# Bumped when a checkpoint written by this version cannot be read by an older nnh.
-FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read, or does not fit what it is loaded into."""
+# Bumped when a checkpoint written by this version cannot be read by an older nnh. Format 2
+# added the checksum (`add_checksum`): every file of format >= 2 carries one.
+FORMAT_VERSION = 2
 
 
 def state_to_dict(state: TensorDict) -> dict[str, Any]:
@@ -105,15 +108,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, t
     atomic replace on POSIX and Windows); the folder is fsynced after, so the rename survives
     a power cut. A process killed at any point leaves either the previous file or the new one,
     never a torn file; a kill before the rename may leave the hidden temporary file behind.
-    If ``write`` raises, the temporary file is removed and `path` is untouched. The file gets
-    the permissions a plain `open(path, "w")` would give (the umask applies); the folder is
+    If ``write`` raises, the temporary file is removed and `path` is untouched. The folder is
     created as needed.
+
+    Permissions are those of a plain ``open(path, "w")``: a new file gets mode 0666 less the
+    umask; a file that is replaced keeps its permission bits (0640 stays 0640); and a file
+    that this user may not write (``open(path, "w")`` would be refused, e.g. mode 0444) is
+    refused with `PermissionError` before anything is written, although the rename would
+    succeed in a writable folder. As for ``open``, root may write any file, so root replaces
+    a read-only file too (keeping its mode).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    mode = _mode_to_keep(path)
     fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
+        if mode is not None:
+            os.chmod(tmp, mode)
         with (os.fdopen(fd, "w", newline="") if text else os.fdopen(fd, "wb")) as f:
             write(f)
             f.flush()
@@ -130,9 +142,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, t
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save(obj)` to `path` atomically, through `atomic_write`: a reader sees either
-    the previous file or the complete new one, with the permissions ``open(path, "wb")``
-    would give."""
+    the previous file or the complete new one; permissions as `atomic_write` keeps them."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _mode_to_keep(path: str) -> int | None:
+    """The permission bits of the file `path` replaces (None for a new file), after checking
+    that this user may write it, as ``open(path, "w")`` would."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"atomic_write: {path!r} is a directory; pass the path of a file.")
+    # The rename needs write access to the folder only; the check keeps the file's own mode
+    # meaningful. os.access with the effective ids is what open() checks (root passes).
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, os.W_OK, effective_ids=effective):
+        raise PermissionError(
+            f"atomic_write: {path!r} is not writable by this user (mode {stat.filemode(st.st_mode)}), so it "
+            "is not replaced: open(path, 'w') would be refused too. Make it writable (chmod u+w) or "
+            "write to another path."
+        )
+    return stat.S_IMODE(st.st_mode) & 0o777
 
 
 def _create_temp(folder: str, name: str) -> tuple[int, str]:
@@ -163,16 +195,26 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
+def read_checkpoint(path: str | os.PathLike, map_location: Any = None, *, verify: bool = True) -> Any:
     """Read a file written by `atomic_save`/`torch.save` with `weights_only=True`.
 
-    Raises `CheckpointError` naming the path for a missing, empty, truncated or foreign
-    file, and for one that carries a pickled payload (an arbitrary object), which is refused
-    rather than unpickled.
+    A dict sealed by `add_checksum` is verified against its checksum (`verify_checksum`),
+    unless `verify` is False (the caller verifies it then).
+    Every failure is a `CheckpointError` naming the path and what is wrong: a missing,
+    empty, truncated, corrupt or foreign file, a folder, and a file that carries a pickled
+    payload (an arbitrary object), which is refused rather than unpickled.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is a directory, not a checkpoint file; pass the path of a file "
+                              "inside it (the one NNHandler.save or auto_save wrote).")
     if not os.path.exists(path):
         raise CheckpointError(f"No checkpoint at {path!r}: the file does not exist.")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"Cannot open the checkpoint {path!r}: {exc.strerror or exc}.") from None
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"The checkpoint {path!r} is empty (0 bytes); it was never written "
                               "completely. Load an earlier checkpoint.")
@@ -180,175 +222,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None) -> Any:
         raise CheckpointError(f"{path!r} is not a torch checkpoint: it is no zip archive (truncated, a file "
                               "of another format, or torch.save's legacy format, which nnh does not read).")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"Refusing to load {path!r}: it holds objects other than tensors and plain Python "
-            f"values (a pickled payload), and nnh never unpickles arbitrary objects. ({exc})"
+            f"values (a pickled payload), and nnh never unpickles arbitrary objects; or the file is "
+            f"corrupt. ({exc})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails anywhere in the unpickler
+        # A changed byte surfaces as whatever the unpickler or the zip reader trips over first
+        # (UnicodeDecodeError, OverflowError, RuntimeError, ...): all mean the same here.
         raise CheckpointError(f"Cannot read the checkpoint {path!r}: it is truncated or "
                               f"corrupt ({type(exc).__name__}: {exc}).") from None
-
-
-def import_path(obj: Any) -> str | None:
-    """``"module:QualName"`` for a class or function that can be imported again, else None
-    (lambdas, local objects, anything defined in ``__main__`` or a notebook)."""
-    module = getattr(obj, "__module__", None)
-    if not module or module == "__main__":
-        return None
-    # Builtins such as torch.relu have a qualname ("_VariableFunctionsClass.relu") that is not
-    # importable, while their plain name is: try both.
-    for name in dict.fromkeys((getattr(obj, "__qualname__", None), getattr(obj, "__name__", None))):
-        if not isinstance(name, str) or "<" in name:
-            continue
-        try:
-            if import_object(f"{module}:{name}") is obj:
-                return f"{module}:{name}"
-        except (ImportError, AttributeError, ValueError):
-            continue
-    return None
-
-
-def import_object(path: str) -> Any:
-    """Import ``"module:QualName"`` and return the object."""
-    if ":" not in path:
-        raise ValueError(f"import_object: {path!r} is not of the form 'package.module:QualName'.")
-    module_name, qualname = path.split(":", 1)
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    if verify and isinstance(obj, dict) and CHECKSUM_KEY in obj:
+        verify_checksum(obj, path)
     return obj
-
-
-# ---------------------------------------------------------------- objects as import paths
-_TAG = "__nnh__"
-
-
-class Unrecorded:
-    """Placeholder for a value that a checkpoint recorded by name only (see `encode_value`)."""
-
-    def __init__(self, slot: str, name: str) -> None:
-        self.slot, self.name = slot, name
-
-    def __repr__(self) -> str:
-        return f"Unrecorded({self.slot!r}, {self.name!r})"
-
-
-def encode_value(value: Any, slot: str, bindings: dict[int, str] | None = None,
-                 unrecorded: list[tuple[str, str]] | None = None) -> Any:
-    """Encode `value` as tensors and plain values that `torch.load(weights_only=True)` reads.
-
-    - None, bool, int, float, str and tensors stay as they are (subclasses and NumPy scalars
-      become the plain type); lists, tuples and dicts with string keys are encoded item by
-      item; dtypes and devices become tagged strings; members of importable Enums become
-      their class path and name.
-    - An object whose identity is in `bindings` becomes a reference by name (e.g. the
-      handler's own module, bound again to the loaded handler's module).
-    - Importable classes and functions become ``{"__nnh__": "import", "path": ...}``.
-    - Objects that record their constructor arguments (`init_args`/`init_kwargs`, as
-      `nnh.Sampler`, callbacks and MCMC schedulers do through `nnh._init_record.RecordsInit`;
-      see `recorded_init`) become their class path, encoded arguments and `state_dict()`.
-    - Anything else (a lambda, a class from ``__main__``) is recorded by name only, and
-      `(slot, name)` is appended to `unrecorded` so the caller can warn.
-    """
-    bindings = bindings or {}
-    if unrecorded is None:
-        unrecorded = []
-    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, enum.Enum):
-        path = import_path(type(value))
-        if path is not None:
-            return {_TAG: "enum", "path": path, "name": value.name}
-    elif isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    elif isinstance(value, (int, np.integer)):
-        # Subclasses and NumPy scalars would be pickled by class, and a weights_only load
-        # refuses them: store the plain value.
-        return int(value)
-    elif isinstance(value, (float, np.floating)):
-        return float(value)
-    elif isinstance(value, str):
-        return str.__str__(value)
-    if id(value) in bindings:
-        return {_TAG: "bound", "name": bindings[id(value)]}
-    if isinstance(value, torch.dtype):
-        return {_TAG: "dtype", "name": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.device):
-        return {_TAG: "device", "name": str(value)}
-    if isinstance(value, (list, tuple)):
-        items = [encode_value(v, f"{slot}[{i}]", bindings, unrecorded) for i, v in enumerate(value)]
-        return items if isinstance(value, list) else {_TAG: "tuple", "items": items}
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: encode_value(v, f"{slot}.{k}", bindings, unrecorded) for k, v in value.items()}
-    recorded = recorded_init(value)
-    if recorded is None and callable(value):  # classes, and functions
-        path = import_path(value)
-        if path is not None:
-            return {_TAG: "import", "path": path}
-    elif recorded is not None:
-        path = import_path(type(value))
-        if path is not None:
-            args, kwargs = recorded
-            state = value.state_dict() if callable(getattr(value, "state_dict", None)) else None
-            return {
-                _TAG: "object",
-                "path": path,
-                "args": encode_value(list(args), f"{slot}.args", bindings, unrecorded),
-                "kwargs": encode_value(dict(kwargs), f"{slot}.kwargs", bindings, unrecorded),
-                "state": encode_value(state, f"{slot}.state", bindings, unrecorded),
-            }
-    name = getattr(value, "__qualname__", None) or type(value).__qualname__
-    unrecorded.append((slot, name))
-    return {_TAG: "unrecorded", "slot": slot, "name": name}
-
-
-def decode_value(data: Any, bindings: dict[str, Any] | None = None, provided: dict[str, Any] | None = None) -> Any:
-    """Invert `encode_value`. References by name are looked up in `bindings`; values that were
-    recorded by name only are taken from `provided[slot]`, or left as `Unrecorded`."""
-    bindings, provided = bindings or {}, provided or {}
-    if isinstance(data, list):
-        return [decode_value(v, bindings, provided) for v in data]
-    if not isinstance(data, dict):
-        return data
-    tag = data.get(_TAG)
-    if tag is None:
-        return {k: decode_value(v, bindings, provided) for k, v in data.items()}
-    if tag == "tuple":
-        return tuple(decode_value(v, bindings, provided) for v in data["items"])
-    if tag == "dtype":
-        return getattr(torch, data["name"])
-    if tag == "device":
-        return torch.device(data["name"])
-    if tag == "bound":
-        if data["name"] not in bindings:
-            raise CheckpointError(f"The checkpoint refers to {data['name']!r}, which this load does not provide.")
-        return bindings[data["name"]]
-    if tag == "import":
-        return import_object(data["path"])
-    if tag == "enum":
-        return import_object(data["path"])[data["name"]]
-    if tag == "object":
-        cls = import_object(data["path"])
-        obj = cls(*decode_value(data["args"], bindings, provided), **decode_value(data["kwargs"], bindings, provided))
-        state = decode_value(data["state"], bindings, provided)
-        if state is not None and callable(getattr(obj, "load_state_dict", None)):
-            obj.load_state_dict(state)
-        return obj
-    if tag == "unrecorded":
-        if data["slot"] in provided:
-            return provided[data["slot"]]
-        return Unrecorded(data["slot"], data["name"])
-    raise CheckpointError(f"Unknown entry {tag!r} in a checkpoint; it was written by a newer nnh.")
-
-
-def find_unrecorded(value: Any) -> list[Unrecorded]:
-    """Every `Unrecorded` placeholder left inside a decoded value."""
-    if isinstance(value, Unrecorded):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [u for v in value for u in find_unrecorded(v)]
-    if isinstance(value, dict):
-        return [u for v in value.values() for u in find_unrecorded(v)]
-    return []

@@ -15,27 +15,34 @@ import torch
 
 from nnh._version import __version__
 from nnh.func.checkpoint import (
+    CHECKSUM_KEY,
     FORMAT_VERSION,
     CheckpointError,
+    Unstorable,
+    add_checksum,
     decode_value,
     encode_value,
     find_unrecorded,
     read_checkpoint,
     state_to_dict,
+    verify_checksum,
 )
 from nnh.func.ema import init_ema
 from nnh.func.train import init_train_state
 from nnh.stateful.parts import deferred_init, materialize
-from nnh.stateful.provided import how_to_provide, provided_slots, raise_missing
+from nnh.stateful.provided import check_provided, how_to_provide, provided_slots, raise_missing
+from nnh.stateful.weights import MAGIC, check_header, load_weights
 from nnh.stateful.rng import rng_state, set_rng_state
 from nnh.stateful.sampler import call_sampler_load
 
-_MAGIC = "nnh-checkpoint"
-_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
 def handler_checkpoint(handler: Any) -> dict[str, Any]:
-    """The checkpoint dict of `handler` (what `NNHandler.save` writes)."""
+    """The checkpoint dict of `handler` (what `NNHandler.save` writes), sealed with a checksum
+    (`nnh.func.checkpoint.add_checksum`).
+
+    Raises TypeError, before anything is written, for a value a weights_only load would
+    refuse: e.g. a module whose ``get_extra_state()`` returns an arbitrary object."""
     parts = handler.parts
     model, opt = parts.model, parts.optimization
     unrecorded: list[tuple[str, str]] = []
@@ -49,7 +56,7 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
     state = opt.require_state(model.module)
     extra = {k: v for k, v in state_to_dict(state).items() if k not in ("params", "buffers", "optim")}
     ckpt: dict[str, Any] = {
-        "format": _MAGIC,
+        "format": MAGIC,
         "format_version": FORMAT_VERSION,
         "nnh_version": __version__,
         "torch_version": str(torch.__version__),
@@ -108,7 +115,27 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
             f"NNHandler.load will need it passed in: NNHandler.load(path, {how}).",
             UserWarning, stacklevel=4,
         )
-    return ckpt
+    try:
+        return add_checksum(ckpt)
+    except Unstorable as exc:
+        raise _unstorable_error(exc, model.module) from None
+
+
+def _unstorable_error(exc: Unstorable, module: torch.nn.Module) -> TypeError:
+    """`exc` as a TypeError naming the module, when get_extra_state() returned the value."""
+    keys = exc.keys
+    suffix = torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+    if len(keys) < 2 or keys[0] != "model_state_dict" or not str(keys[1]).endswith(suffix):
+        return TypeError(f"NNHandler.save: {exc}")
+    name = str(keys[1])[: -len(suffix)].rstrip(".")
+    owner = module.get_submodule(name) if name else module
+    return TypeError(
+        f"NNHandler.save: module {name or '(the model itself)'!r} ({type(owner).__qualname__}) returns "
+        f"a {exc.value_type.__module__}.{exc.value_type.__qualname__} from get_extra_state() (at "
+        f"{''.join(f'[{k!r}]' for k in keys)}); a checkpoint holds tensors and plain Python values only "
+        "(what torch.load(weights_only=True) reads), so NNHandler.load would refuse the file. Nothing was "
+        "written. Return tensors, numbers, strings, and lists/dicts of them from get_extra_state()."
+    )
 
 
 def _model_code(model_class: type) -> str | None:
@@ -141,8 +168,30 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     mid-epoch preemption checkpoint (a `seed=` passed again is ignored: see `train`).
     """
     path = os.fspath(path)
-    ckpt = read_checkpoint(path, map_location="cpu")
-    _check_header(ckpt, path)
+    provided = check_provided(provided)
+    ckpt = read_checkpoint(path, map_location="cpu", verify=False)
+    # The tensor data is verified in a thread while the handler is built from the (verified)
+    # rest; the handler is returned, and the global RNG state set, only once it has passed.
+    # On the CPU the build is short and the load still waits ~22 of the ~23 ms per 600 MB
+    # (benchmarks/checkpoint.py); a build that copies the weights to a GPU hides more of it.
+    tensors_verified = (verify_checksum(ckpt, path, wait=False) if isinstance(ckpt, dict) and CHECKSUM_KEY in ckpt
+                        else lambda: None)
+    try:
+        check_header(ckpt, path)
+        handler = _build_handler(cls, ckpt, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history,
+                                 skip_callbacks, skip_sampler_sde, skip_ema, provided)
+    except BaseException:
+        tensors_verified()  # a changed tensor explains a failure better than the failure does
+        raise
+    tensors_verified()
+    set_rng_state(ckpt["rng"])
+    return handler
+
+
+def _build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, strict_load: bool,
+                   skip_optimizer: bool, skip_scheduler: bool, skip_history: bool, skip_callbacks: bool,
+                   skip_sampler_sde: bool, skip_ema: bool, provided: dict[str, Any]) -> Any:
+    """The body of `load_handler`: everything but reading, verifying and the RNG state."""
     slots = provided_slots(provided)
     needs: list = []
     bindings: dict[str, Any] = {}
@@ -199,7 +248,7 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     parts = handler.parts
     module, optimization = parts.model.module, parts.optimization
     bindings["handler.module"] = module
-    missing, unexpected = ([], []) if materialized else _load_weights(module, weights, strict_load, path)
+    missing, unexpected = ([], []) if materialized else load_weights(module, weights, strict_load, path)
 
     if use_opt and (missing or unexpected):
         # The optimizer state is matched to parameters by position: with other keys it
@@ -248,30 +297,6 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     handler.preemption.path = ckpt.get("preemption_path")
     parts.progress.seed = ckpt["seed"]
     parts.progress.resume = ckpt.get("resume")
-    set_rng_state(ckpt["rng"])
-    return handler
-
-
-def weights_handler(cls: type, checkpoint_path: str | os.PathLike, model_class: type, model_type: Any = None,
-                    device: str | torch.device | None = None, strict_load: bool = True, **model_kwargs: Any) -> Any:
-    """A new handler with only the model weights of a checkpoint (see
-    `NNHandler.initialize_from_checkpoint`)."""
-    path = os.fspath(checkpoint_path)
-    ckpt = read_checkpoint(path, map_location="cpu")
-    if isinstance(ckpt, dict) and ckpt.get("format") == _MAGIC:
-        _check_header(ckpt, path)
-        weights = ckpt["model_state_dict"]
-        model_type = model_type or ckpt["model"]["type"]
-    elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        weights = ckpt
-    elif isinstance(ckpt, dict) and any(isinstance(ckpt.get(k), dict) for k in _STATE_DICT_KEYS):
-        # Common layouts of hand-written checkpoints: {"state_dict": ...}, {"model": ...}.
-        weights = next(ckpt[k] for k in _STATE_DICT_KEYS if isinstance(ckpt.get(k), dict))
-    else:
-        raise CheckpointError(f"{path!r} holds neither an nnh checkpoint nor a state_dict of tensors.")
-    handler = cls(model_class, device=device or "cpu", model_type=model_type or "classification", **model_kwargs)
-    module = handler.module
-    _load_weights(module, _strip_prefixes(weights, set(module.state_dict())), strict_load, path)
     return handler
 
 
@@ -279,59 +304,8 @@ def load_model_code(path: str | os.PathLike) -> str | None:
     """The model class source stored by `save_model_code=True`, as text (never executed)."""
     path = os.fspath(path)
     ckpt = read_checkpoint(path, map_location="cpu")
-    _check_header(ckpt, path)
+    check_header(ckpt, path)
     return ckpt["model"]["code"]
-
-
-def _check_header(ckpt: Any, path: str) -> None:
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _MAGIC:
-        raise CheckpointError(f"{path!r} is not an NNHandler checkpoint (no nnh header); for a plain "
-                              "state_dict use NNHandler.initialize_from_checkpoint.")
-    version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path!r} has checkpoint format {version!r} (written by nnh {ckpt.get('nnh_version')}); this nnh "
-            f"{__version__} reads formats up to {FORMAT_VERSION}. Upgrade nnh to load it."
-        )
-
-
-def _strip_prefixes(weights: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
-    """`weights` with the wrapper prefixes removed: `_orig_mod.` (torch.compile, also on a
-    submodule) wherever it occurs, and leading `module.` (DDP / DataParallel) when the model
-    itself has no such keys, i.e. only where stripping makes the keys fit."""
-    out = {}
-    for key, value in weights.items():
-        if key not in own:
-            key = ".".join(p for p in key.split(".") if p != "_orig_mod")
-            while key.startswith("module.") and key not in own:
-                key = key[len("module."):]
-        out[key] = value
-    return out
-
-
-def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], strict: bool,
-                  path: str) -> tuple[list[str], list[str]]:
-    """Load `weights` into `module`; return the (missing, unexpected) keys that were tolerated."""
-    own = module.state_dict()
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in weights.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    if mismatched:
-        raise CheckpointError(f"The weights in {path!r} do not fit {type(module).__name__}: shape mismatches "
-                              f"{mismatched}; missing {missing}; unexpected {unexpected}.")
-    if own and weights and not set(own) & set(weights):
-        # Nothing would load: another model's weights, which strict_load=False must not hide.
-        raise CheckpointError(f"None of the weights in {path!r} fit {type(module).__name__}: missing keys "
-                              f"{missing}, unexpected keys {unexpected}. Is it a checkpoint of another model?")
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"The weights in {path!r} do not fit {type(module).__name__}: missing keys "
-                              f"{missing}, unexpected keys {unexpected}. Pass strict_load=False to load the rest.")
-    if missing or unexpected:
-        warnings.warn(f"Loading {path!r} into {type(module).__name__}: missing keys {missing}, unexpected keys "
-                      f"{unexpected}; these were left as they are.", UserWarning, stacklevel=3)
-    module.load_state_dict(weights, strict=False)
-    return missing, unexpected
 
 
 def _load_train_state(optimization: Any, module: Any, extra: dict[str, Any], skip_ema: bool) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nnh.func.checkpoint import atomic_save
-from nnh.stateful import checkpoint, loop, reporting
+from nnh.stateful import checkpoint, loop, reporting, weights
 from nnh.stateful._logging import make_logger
 from nnh.stateful.checks import (build_optimizer_checked, check_dataset, check_device, check_flag,
                                  check_logger_level, check_loss_fn, check_module, check_scheduler_class)
@@ -355,7 +355,7 @@ class NNHandler:
         """A new handler with only the model weights of a checkpoint: a full handler
         checkpoint or a plain state_dict, also one saved from a DDP-wrapped or
         `torch.compile`d model (the `module.` and `_orig_mod.` prefixes are stripped)."""
-        return checkpoint.weights_handler(cls, checkpoint_path, model_class, model_type, device, strict_load,
+        return weights.weights_handler(cls, checkpoint_path, model_class, model_type, device, strict_load,
                                           **model_kwargs)
 
     def auto_save(self, interval: int | None, save_path: str = ".", name: str = "model_epoch{epoch:02d}",

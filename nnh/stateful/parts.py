@@ -55,6 +55,8 @@ def materialize(module: nn.Module, weights: dict[str, torch.Tensor], device: tor
     parameter and buffer has a weight of its shape, no buffer is non-persistent, and no
     parameter is shared between two names (assign would untie it). Returns False, with the
     module untouched, otherwise."""
+    if not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return False  # extra state (get_extra_state) is no tensor to take over
     named = dict(module.named_parameters(remove_duplicate=False))
     if len(named) != len(dict(module.named_parameters())):
         return False

@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -31,8 +33,21 @@ from nnh.func import (
 )
 from nnh._init_record import RecordsInit, recorded_init
 from nnh.func.checkpoint import atomic_write
+from nnh.func.checksum import (
+    CHECKSUM_KEY,
+    Unstorable,
+    _blocksum_numpy,
+    _blocksum_torch,
+    _raw_bytes,
+    add_checksum,
+    tensor_checksum,
+    verify_checksum,
+)
 from nnh.stateful.enums import ModelType
 from tests._models import CHILD_ENV, CountingCallback
+
+# Some of these tests start child processes: a hang fails in two minutes, not at CI's limit.
+pytestmark = pytest.mark.timeout(120)
 
 
 
@@ -197,6 +212,153 @@ def test_atomic_write_text_mode_writes_as_given_and_a_failure_keeps_the_old_file
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, broken)
     assert os.listdir(path.parent) == ["log.csv"] and path.read_bytes() == b"a,b\r\n1,2\r\n"
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    old = os.umask(0o022)
+    try:
+        for mode in (0o640, 0o600, 0o664):
+            atomic_save({"a": 1}, tmp_path / "c.pth")
+            os.chmod(tmp_path / "c.pth", mode)
+            atomic_save({"a": 2}, tmp_path / "c.pth")
+            assert os.stat(tmp_path / "c.pth").st_mode & 0o777 == mode
+        atomic_save({"a": 3}, tmp_path / "new.pth")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "new.pth").st_mode & 0o777 == 0o644  # a new file: 0666 less the umask
+
+
+def _as_user(uid: int, fn) -> str:
+    """Run `fn()` in a forked child with the user and group ids `uid` (needs root); return
+    what it printed as text: "ok", or the exception's type and message."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nnh and torch are imported already, nothing more is read
+        os.close(read)
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            fn()
+            result = "ok"
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            result = f"{type(exc).__name__}: {exc}"
+        os.write(write, result.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        result = f.read()
+    os.waitpid(pid, 0)
+    return result
+
+
+def test_atomic_write_refuses_a_file_this_user_may_not_write(tmp_path):
+    # The rename needs only a writable folder, so the file's own mode has to be checked, as
+    # open(path, "w") checks it. Root may write any file: as root the same file is replaced
+    # (keeping its mode), and the refusal is checked in a child running as user 'nobody', in a
+    # folder under /tmp (tmp_path's parents are private to root).
+    root = os.geteuid() == 0
+    folder = tempfile.mkdtemp(prefix="nnh-shared-") if root else str(tmp_path)
+    try:
+        os.chmod(folder, 0o777)  # writable by everyone: the rename alone would succeed
+        target = os.path.join(folder, "c.pth")
+        atomic_save({"v": 1}, target)
+        os.chmod(target, 0o444)
+        if not root:
+            with pytest.raises(PermissionError, match=r"c\.pth.*not writable by this user.*-r--r--r--"):
+                atomic_save({"v": 2}, target)
+        else:
+            nobody = 65534
+            for owner, mode in ((0, 0o644), (nobody, 0o444)):  # root's file; the user's own read-only one
+                os.chown(target, owner, owner)
+                os.chmod(target, mode)
+                result = _as_user(nobody, lambda: atomic_save({"v": 2}, target))
+                assert result.startswith("PermissionError") and "not writable by this user" in result, result
+            os.chmod(target, 0o444)
+            atomic_save({"v": 3}, target)  # root itself: open() would succeed, so this does too
+            assert read_checkpoint(target)["v"] == 3 and os.stat(target).st_mode & 0o777 == 0o444
+            atomic_save({"v": 1}, target)
+        assert read_checkpoint(target)["v"] == 1 and os.listdir(folder) == ["c.pth"]
+    finally:
+        if root:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_read_checkpoint_of_a_directory_says_it_is_one(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file") as err:
+        read_checkpoint(tmp_path)
+    assert repr(str(tmp_path)) in str(err.value)
+
+
+# ---------------------------------------------------------------------------- checksums
+def _awkward_tensors() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(1000, 517, generator=g),  # 4 KiB blocks and a partial one
+        torch.randint(-2**62, 2**62, (5000,), dtype=torch.int64, generator=g),
+        torch.randn(7, dtype=torch.bfloat16, generator=g),  # 14 bytes: a zero-padded tail word
+        torch.tensor(True), torch.zeros(0), torch.tensor(3.5),
+        torch.randn(30, 40, generator=g).t(),  # not contiguous: its logical order counts
+        torch.arange(100, dtype=torch.uint8)[3:50],  # a view at an unaligned offset
+        torch.randn(3, dtype=torch.complex64, generator=g),
+    ]
+
+
+def test_tensor_checksum_is_the_same_on_every_path():
+    # The CPU reads through numpy, other devices through torch ops: the value must not differ.
+    for t in _awkward_tensors():
+        raw = _raw_bytes(t)
+        assert _blocksum_numpy(raw.numpy()) == int(_blocksum_torch(raw)), t.dtype
+        assert tensor_checksum(t) == tensor_checksum(t.contiguous().clone())
+    assert tensor_checksum(torch.zeros(3)) == 0  # the shape is in the metadata hash, not here
+
+
+def test_tensor_checksum_detects_every_single_byte_change_and_moved_blocks():
+    t = torch.randn(3000, generator=torch.Generator().manual_seed(1))  # 12000 bytes: 3 blocks
+    base = tensor_checksum(t)
+    raw = t.view(torch.uint8)
+    for at in range(raw.numel()):
+        changed = raw.clone()
+        changed[at] ^= 1 << (at % 8)
+        assert tensor_checksum(changed) != base, at
+    swapped = t.clone()
+    swapped[:1024], swapped[1024:2048] = t[1024:2048], t[:1024]  # two 4 KiB blocks exchanged
+    assert tensor_checksum(swapped) != base
+
+
+def test_checksum_round_trip_and_a_changed_file_names_the_tensor(tmp_path):
+    ckpt = add_checksum({"w": {"layer.weight": torch.randn(64, 64), "step": torch.tensor(3)},
+                         "meta": [1, "x", None, 2.5, (True,)], "tags": {"a", "b"}})
+    assert list(ckpt)[-1] == CHECKSUM_KEY
+    atomic_save(ckpt, tmp_path / "c.pth")
+    got = torch.load(tmp_path / "c.pth", weights_only=True)  # still plain data
+    verify_checksum(got, str(tmp_path / "c.pth"))
+    got["w"]["layer.weight"][5, 5] += 1
+    with pytest.raises(CheckpointError, match=r"c\.pth.*corrupt.*1 tensor.*w\.layer\.weight"):
+        verify_checksum(got, str(tmp_path / "c.pth"))
+    # A byte flipped in the file, inside the tensor's data.
+    data = bytearray((tmp_path / "c.pth").read_bytes())
+    with zipfile.ZipFile(tmp_path / "c.pth") as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 100] ^= 0x10
+    (tmp_path / "bad.pth").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"bad\.pth.*corrupt.*layer\.weight"):
+        read_checkpoint(tmp_path / "bad.pth")
+    changed = dict(torch.load(tmp_path / "c.pth", weights_only=True), meta=[1, "y", None, 2.5, (True,)])
+    with pytest.raises(CheckpointError, match="corrupt.*plain values"):
+        verify_checksum(changed, "c.pth")
+
+
+def test_add_checksum_refuses_what_a_weights_only_load_would_refuse():
+    class Opaque:
+        pass
+
+    with pytest.raises(Unstorable, match=r"\['a'\]\[1\]: a .*Opaque cannot be stored") as err:
+        add_checksum({"a": [1, Opaque()]})
+    assert err.value.keys == ("a", 1) and isinstance(err.value, TypeError)
+    with pytest.raises(Unstorable, match="IntEnumish"):
+        class IntEnumish(int):
+            pass
+        add_checksum({"n": IntEnumish(3)})
 
 
 # ---------------------------------------------------------------------------- import paths

@@ -18,7 +18,7 @@ from torch import nn
 
 import nnh
 from nnh import NNHandler
-from nnh.func.checkpoint import FORMAT_VERSION, CheckpointError
+from nnh.func.checkpoint import CHECKSUM_KEY, FORMAT_VERSION, CheckpointError, add_checksum, atomic_save
 from tests._models import (
     CHILD_ENV,
     MLP,
@@ -32,6 +32,9 @@ from tests._models import (
     scaled_cross_entropy,
     set_loaders,
 )
+
+# Some of these tests start child processes: a hang fails in two minutes, not at CI's limit.
+pytestmark = pytest.mark.timeout(120)
 
 QUIET = dict(progress_bar=False)
 
@@ -232,6 +235,174 @@ def test_truncated_empty_and_foreign_files_name_the_path(tmp_path):
         assert repr(str(tmp_path / name)) in str(err.value), name
 
 
+# ---------------------------------------------------------------------------- corrupt files
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _load_or_checkpoint_error(path) -> NNHandler | None:
+    """The handler loaded from `path`, or None when the load raised a CheckpointError naming
+    it; any other exception fails the test."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return NNHandler.load(path)
+    except CheckpointError as exc:
+        assert repr(str(path)) in str(exc)
+        return None
+
+
+def _trained_and_saved(tmp_path) -> tuple[NNHandler, bytes]:
+    """A handler after one epoch, saved to tmp_path/good.pth, and the file's bytes."""
+    h = build_handler()
+    h.train(1, **QUIET)
+    h.save(tmp_path / "good.pth")
+    return h, (tmp_path / "good.pth").read_bytes()
+
+
+def test_single_byte_flips_never_load_changed_weights(tmp_path):
+    # Before the checksum, a flip in a weight loaded silently and others raised a bare
+    # UnicodeDecodeError or OverflowError. Every 41st byte of the ~30 KB file.
+    h, data = _trained_and_saved(tmp_path)
+    weights, opt = h.module.state_dict(), h.optimizer
+    positions = range(len(data) // 41 % 41, len(data), 41)
+    loaded = 0
+    for at in positions:
+        path = tmp_path / "bad.pth"
+        path.write_bytes(_flipped(data, at))
+        got = _load_or_checkpoint_error(path)
+        if got is not None:  # a byte nothing reads (zip padding, a stored CRC): equal state
+            loaded += 1
+            assert_same_tensors(got.module.state_dict(), weights)
+            assert_same_optimizer_state(got.optimizer, opt)
+    assert len(positions) > 500 and loaded < len(positions) // 4
+
+
+def _record_offsets(path) -> dict[str, tuple[int, int]]:
+    """{name: (offset of its data, size)} of every record of the zip file at `path`."""
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        out = {}
+        for info in z.infolist():
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+            out[info.filename] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
+        return out
+
+
+def test_a_flip_in_any_tensor_is_refused_naming_the_file(tmp_path):
+    _, data = _trained_and_saved(tmp_path)
+    records = {n: r for n, r in _record_offsets(tmp_path / "good.pth").items() if "/data/" in n and r[1]}
+    assert len(records) > 10  # weights, Adam moments, steps, RNG states...
+    for name, (start, size) in records.items():
+        for at in (start, start + size // 2, start + size - 1):
+            (tmp_path / "bad.pth").write_bytes(_flipped(data, at))
+            with pytest.raises(CheckpointError, match="corrupt.*tensor") as err:
+                NNHandler.load(tmp_path / "bad.pth")
+            assert repr(str(tmp_path / "bad.pth")) in str(err.value), name
+    with pytest.raises(CheckpointError, match="corrupt"):
+        NNHandler.initialize_from_checkpoint(tmp_path / "bad.pth", MLP)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        nnh.load_model_code(tmp_path / "bad.pth")
+
+
+def test_a_changed_plain_value_or_a_missing_checksum_is_refused(tmp_path):
+    build_handler().save(tmp_path / "c.pth")
+    ckpt = torch.load(tmp_path / "c.pth", weights_only=True)
+    ckpt["epoch"] = 7  # what a flipped byte in the pickled integer does
+    torch.save(ckpt, tmp_path / "edited.pth")
+    with pytest.raises(CheckpointError, match="edited.pth.*corrupt.*plain values"):
+        NNHandler.load(tmp_path / "edited.pth")
+    del ckpt[CHECKSUM_KEY]
+    torch.save(ckpt, tmp_path / "unsealed.pth")
+    with pytest.raises(CheckpointError, match="unsealed.pth.*corrupt.*checksum record is missing"):
+        NNHandler.load(tmp_path / "unsealed.pth")
+
+
+def test_a_format_1_file_without_checksum_still_loads(tmp_path):
+    h = build_handler()
+    h.train(1, **QUIET)
+    h.save(tmp_path / "c.pth")
+    old = torch.load(tmp_path / "c.pth", weights_only=True)
+    del old[CHECKSUM_KEY]
+    old["format_version"] = 1
+    torch.save(old, tmp_path / "v1.pth")
+    loaded = NNHandler.load(tmp_path / "v1.pth")
+    assert loaded.epoch == 1
+    assert_same_tensors(loaded.module.state_dict(), h.module.state_dict())
+    assert_same_optimizer_state(loaded.optimizer, h.optimizer)
+    assert nnh.load_model_code(tmp_path / "v1.pth") is None
+
+
+class _OpaqueState:
+    pass
+
+
+class _Tagged(nn.Linear):
+    """A layer with extra state: whatever `tag` holds."""
+
+    tag: object = None
+
+    def get_extra_state(self):
+        return self.tag
+
+    def set_extra_state(self, state):
+        self.tag = state
+
+
+class _WithTaggedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(_Tagged(6, 3))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_extra_state_a_load_would_refuse_is_refused_at_save(tmp_path):
+    h = NNHandler(_WithTaggedLayer)
+    h.module.block[0].tag = {"scale": 2.0, "steps": torch.arange(3)}
+    h.save(tmp_path / "c.pth")  # plain extra state: saves and loads
+    assert NNHandler.load(tmp_path / "c.pth").module.block[0].tag["scale"] == 2.0
+    before = (tmp_path / "c.pth").read_bytes()
+    h.module.block[0].tag = {"scale": _OpaqueState()}
+    with pytest.raises(TypeError, match=r"module 'block\.0' \(_Tagged\).*_OpaqueState.*get_extra_state"):
+        h.save(tmp_path / "c.pth")
+    assert (tmp_path / "c.pth").read_bytes() == before and os.listdir(tmp_path) == ["c.pth"]
+
+
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    h = build_handler()
+    h.save(tmp_path / "c.pth")
+    os.chmod(tmp_path / "c.pth", 0o640)
+    old = os.umask(0o022)
+    try:
+        h.save(tmp_path / "c.pth")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "c.pth").st_mode & 0o777 == 0o640
+
+
+def test_load_of_a_directory_says_it_is_one(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory") as err:
+        NNHandler.load(tmp_path)
+    assert repr(str(tmp_path)) in str(err.value)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        NNHandler.initialize_from_checkpoint(tmp_path, MLP)
+
+
+@pytest.mark.parametrize("keyword, value, words", [
+    ("metrics", 5, r"metrics= takes a dict \{name: value\}.*got int 5"),
+    ("metrics", {"acc": 5}, r"metrics=\{'acc': \.\.\.\} takes a metric function.*got int 5"),
+    ("callbacks", 5, r"callbacks= takes a list of callbacks.*got int 5"),
+    ("model_kwargs", [1], r"model_kwargs= takes a dict.*got list \[1\]"),
+])
+def test_load_keywords_of_the_wrong_type_name_the_keyword(tmp_path, keyword, value, words):
+    build_handler().save(tmp_path / "c.pth")
+    with pytest.raises(TypeError, match=words):
+        NNHandler.load(tmp_path / "c.pth", **{keyword: value})
+    assert NNHandler.load(tmp_path / "c.pth", **{keyword: None}).metrics.keys() == {"acc"}  # None: the saved one
+
+
 def test_plain_state_dict_is_not_a_handler_checkpoint(tmp_path):
     torch.save(MLP().state_dict(), tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="initialize_from_checkpoint"):
@@ -243,7 +414,7 @@ def test_newer_format_version_is_refused(tmp_path):
     ckpt = torch.load(tmp_path / "c.pth", weights_only=True)
     ckpt["format_version"] = FORMAT_VERSION + 1
     ckpt["nnh_version"] = "9.0.0"
-    torch.save(ckpt, tmp_path / "future.pth")
+    atomic_save(add_checksum(ckpt), tmp_path / "future.pth")  # as a newer nnh would seal it
     with pytest.raises(CheckpointError, match=rf"format {FORMAT_VERSION + 1}.*9\.0\.0.*Upgrade nnh"):
         NNHandler.load(tmp_path / "future.pth")
 
