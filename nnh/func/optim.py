@@ -14,6 +14,7 @@ graph break under `torch.compile`.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -200,9 +201,17 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], s
 
     # Every parameter of a group has taken the same number of steps: one scalar serves all.
     t = steps[0]
-    bias_correction1 = 1 - torch.pow(beta1, t)
+    if torch.compiler.is_compiling():
+        # Inductor fuses these 0-d values into the per-element update loop, where pow(beta, t)
+        # with a tensor exponent keeps the loop scalar (measured 2x slower than eager on CPU);
+        # exp(t log beta) is the same power and vectorises.
+        bias_correction1 = 1 - torch.exp(t * math.log(beta1))
+        bias_correction2_sqrt = torch.sqrt(1 - torch.exp(t * math.log(beta2)))
+    else:
+        bias_correction1 = 1 - torch.pow(beta1, t)
+        bias_correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, t))
     # Gated at t = 0 the corrections are 0: keep the denominator finite and positive.
-    bias_correction2_sqrt = _gate(ok, torch.sqrt(1 - torch.pow(beta2, t)), 1.0, p0)
+    bias_correction2_sqrt = _gate(ok, bias_correction2_sqrt, 1.0, p0)
     neg_step_size = _gate(ok, -lr / bias_correction1, 0.0, p0)
     if group["amsgrad"]:
         max_sqs = [s["max_exp_avg_sq"] for s in states]
