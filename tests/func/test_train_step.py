@@ -231,3 +231,31 @@ def test_extra_keys_of_a_dict_batch_reach_the_model():
                             module=m, loss_fn=loss_fn, optimizer=opt)
     torch.testing.assert_close(metrics["output"], m.lin(x).detach() * 3.0)
     torch.testing.assert_close(metrics["loss"], nn.functional.mse_loss(m.lin(x) * 3.0, y).detach())
+
+
+def test_fp16_loss_scaling_gives_the_fp32_step_within_fp16_error():
+    # The scaler multiplies the loss by its scale and divides the gradients by it again: the
+    # update must match an unscaled fp32 step (a loss divided by the scale would shrink the
+    # gradients by scale**2 and leave the weights almost where they were).
+    x, y = _data(32)
+    ref, m = _net(), _net()
+    o_ref, o = torch.optim.SGD(ref.parameters(), lr=0.5), torch.optim.SGD(m.parameters(), lr=0.5)
+    start = _params(m)
+    train_step(init_train_state(ref, o_ref), (x, y), module=ref, loss_fn=_loss, optimizer=o_ref)
+    state = init_train_state(m, o, grad_scaler=True, init_scale=2.0**10)
+    _, metrics = train_step(state, (x, y), module=m, loss_fn=_loss, optimizer=o, amp_dtype=torch.float16)
+    assert bool(metrics["stepped"])
+    for a, b, p0 in zip(ref.parameters(), m.parameters(), start):
+        moved = (a - p0).abs().max()
+        assert moved > 1e-3
+        assert (a - b).abs().max() < 0.05 * moved  # fp16 forward: a few percent of the step
+
+
+def test_ema_decay_zero_copies_the_weights():
+    x, y = _data(16)
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.3)
+    state = init_train_state(m, opt, ema=True)
+    train_step(state, (x, y), module=m, loss_fn=_loss, optimizer=opt, ema_decay=0.0)
+    for name, p in m.named_parameters():
+        assert torch.equal(state["ema", name], p.detach())
