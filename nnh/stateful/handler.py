@@ -153,8 +153,7 @@ class NNHandler:
         module = build_module(model_class, model_kwargs, self.device)
         if model_type is not None:
             self._model_type = ModelType.from_string(model_type)
-        part = ModelPart(module, model_class, model_kwargs)
-        part.save_code = bool(save_model_code)
+        part = ModelPart(module, model_class, model_kwargs, bool(save_model_code))
         self._parts = Parts(part, self._optimization, self._progress, self._history)
         self._optimization.state = None
         self._steps = StepRunner()

@@ -76,8 +76,10 @@ class ModelPart:
     """The plain module, the callable the forward runs (`forward`: the module itself or a
     `torch.compile` wrapper sharing its parameters) and the modules kept in eval mode."""
 
-    def __init__(self, module: nn.Module, model_class: type, model_kwargs: dict[str, Any]) -> None:
+    def __init__(self, module: nn.Module, model_class: type, model_kwargs: dict[str, Any],
+                 save_code: bool = False) -> None:
         self.module = module
+        self.save_code = save_code  # store the class source in checkpoints
         self.forward: Callable[..., Any] = module
         self.model_class = model_class
         self.model_kwargs = dict(model_kwargs)
