@@ -312,6 +312,20 @@ def test_tensor_checksum_is_the_same_on_every_path():
     assert tensor_checksum(torch.zeros(3)) == 0  # the shape is in the metadata hash, not here
 
 
+def test_checksums_summed_in_pieces_by_several_threads_equal_the_whole(monkeypatch):
+    # A piece of 3 blocks cuts the tensors at many places, the partial last block included.
+    import nnh.func.checksum as checksum
+
+    tensors = _awkward_tensors() + [torch.randn(40_000, generator=torch.Generator().manual_seed(2))]
+    whole = [tensor_checksum(t) for t in tensors]
+    raw = _raw_bytes(tensors[0]).numpy()
+    parts = [_blocksum_numpy(raw, b, b + 3) for b in range(0, checksum._blocks(raw), 3)]
+    assert checksum._to_int64(sum(parts)) == whole[0]
+    monkeypatch.setattr(checksum, "_PIECE", 3)
+    for workers in (1, 2, 3):
+        assert checksum._checksums(tensors, workers).tolist() == whole
+
+
 def test_tensor_checksum_detects_every_single_byte_change_and_moved_blocks():
     t = torch.randn(3000, generator=torch.Generator().manual_seed(1))  # 12000 bytes: 3 blocks
     base = tensor_checksum(t)
