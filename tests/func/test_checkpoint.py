@@ -537,3 +537,8 @@ def test_the_temporary_file_sits_beside_the_target_and_a_name_collision_is_retri
     assert renamed == [str(tmp_path / ".c.pth.free.tmp")]
     assert (tmp_path / ".c.pth.taken.tmp").read_bytes() == b"another writer's"
     assert torch.equal(read_checkpoint(tmp_path / "c.pth")["x"], torch.ones(2))
+
+
+def test_read_checkpoint_maps_tensors_where_asked(tmp_path):
+    atomic_save({"x": torch.ones(3)}, tmp_path / "c.pth")
+    assert read_checkpoint(tmp_path / "c.pth", map_location="meta", verify=False)["x"].device.type == "meta"

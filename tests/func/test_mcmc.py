@@ -19,7 +19,10 @@ from nnh.func.mcmc import (
     langevin_step,
     leapfrog,
     mala_step,
+    reject_nonfinite,
     select_chains,
+    standard_normal_like,
+    uniform_per_chain,
 )
 
 
@@ -359,3 +362,20 @@ def test_documented_defaults_of_the_steps():
     assert torch.equal(a.x, b.x)
     hmc_step(state, eg, 0.1, 1, noise=noise, uniform=u)  # one leapfrog step is allowed
     assert counting.calls == 21
+
+
+def test_draws_follow_the_chains_dtype_from_the_generator():
+    x = torch.zeros(5, 3, dtype=torch.float64)
+    noise = standard_normal_like(x, torch.Generator().manual_seed(2))
+    assert torch.equal(noise, torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    u = uniform_per_chain(x, torch.Generator().manual_seed(3))
+    assert torch.equal(u, torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+
+
+def test_reject_nonfinite_checks_the_energy_unless_told_not_to():
+    old = init_chain_state(torch.zeros(2, 2), quadratic_eg)
+    new = ChainState(torch.ones(2, 2), torch.tensor([1.0, math.nan]), torch.ones(2, 2))
+    state, info = reject_nonfinite(old, new)
+    assert info.finite.tolist() == [True, False] and state.x[1].tolist() == [0.0, 0.0]
+    _, info = reject_nonfinite(old, new, check_energy=False)
+    assert info.finite.tolist() == [True, True]

@@ -280,7 +280,7 @@ def _scaled_loss(model, batch):
     return nn.functional.cross_entropy(out, batch[1]), (out, {"n": out.shape[0]})
 
 
-def test_the_functional_path_that_compile_traces_equals_the_eager_one(monkeypatch):
+def test_the_torch_func_path_of_a_traced_step_equals_the_eager_one(monkeypatch):
     # Under torch.compile the gradients come from torch.func over a functional call, and the
     # update is gated on the device. Run that code path eagerly against the backward path:
     # two accumulated micro-batches, a buffer, arguments and a tuple output.
@@ -309,6 +309,8 @@ def test_init_train_state_layout():
     s = init_train_state(nn.ReLU())
     assert set(s.keys()) == {"params", "buffers", "step", "acc_samples", "acc_nonfinite"}
     assert (s["step"].dtype, s["acc_samples"].dtype, s["acc_nonfinite"].dtype) == (torch.int64, torch.float32, torch.bool)
+    assert set(init_train_state(nn.BatchNorm1d(3))["buffers"].keys()) == {"running_mean", "running_var",
+                                                                         "num_batches_tracked"}
     s = init_train_state(_net(), grad_scaler=True, init_scale=8.0)
     assert (s["scaler", "scale"].dtype, s["scaler", "growth_tracker"].dtype) == (torch.float32, torch.int32)
     assert float(s["scaler", "scale"]) == 8.0 and "ema" not in s.keys()
@@ -331,6 +333,9 @@ def test_clip_grad_norm_uses_the_same_coefficient_as_torch():
     for p, t in zip(ref, grads):
         torch.testing.assert_close(t, p.grad, rtol=1e-15, atol=0)
     assert float(clip_grad_norm([], 1.0)) == 0.0
+    half = [torch.full((4,), 2.0, dtype=torch.bfloat16)]  # bf16 gradients take a bf16 coefficient
+    clip_grad_norm(half, 1.0)
+    assert half[0].dtype == torch.bfloat16 and half[0].tolist() == pytest.approx([0.5] * 4, rel=1e-2)
 
 
 def test_defaults_skip_nothing_and_an_update_free_micro_batch_reports_no_step():
