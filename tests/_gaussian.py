@@ -70,3 +70,21 @@ def euler_maruyama_moments(sde: nnh.VPSDE, mu: float, var: float, steps: int) ->
         mean = c * mean + dt * g2 * m * mu / v
         variance = c * c * variance + (g2 * dt if i < steps - 1 else 0.0)
     return mean, variance
+
+
+def probability_flow_moments(sde: nnh.VPSDE, mu: float, var: float, steps: int) -> tuple[float, float]:
+    """The exact mean and variance (one dimension, float64) of what `NNHandler.sample(...,
+    method="probability_flow")` returns with the exact score: the Heun steps of a linear ODE
+    make an affine map x_T -> a x_T + b, found by running `nnh.func.probability_flow_step`
+    (tested on its own) from x_T = 0 and 1; then mean = b and var = a^2 var_prior."""
+    def score(t: Tensor, x: Tensor) -> Tensor:
+        m, sig = sde.mean_coeff(t)[:, None], sde.sigma(t)[:, None]
+        return -(x - m * mu) / (m * m * var + sig * sig)
+
+    times = torch.linspace(sde.T, sde.epsilon, steps + 1, dtype=torch.float64)
+    dt = (sde.T - sde.epsilon) / steps
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    for i in range(steps):
+        x = nnh.func.probability_flow_step(sde, score, times[i].expand(2), x, dt)
+    a, b = (x[1] - x[0]).item(), x[0].item()
+    return b, a * a * sde.prior((1,)).stddev.item() ** 2
