@@ -75,7 +75,7 @@ def euler_maruyama_moments(sde: nnh.VPSDE, mu: float, var: float, steps: int) ->
 def probability_flow_moments(sde: nnh.VPSDE, mu: float, var: float, steps: int) -> tuple[float, float]:
     """The exact mean and variance (one dimension, float64) of what `NNHandler.sample(...,
     method="probability_flow")` returns with the exact score: the Heun steps of a linear ODE
-    make an affine map x_T -> a x_T + b, found by running `nnh.func.probability_flow_step`
+    (the last by Euler) make an affine map x_T -> a x_T + b, found by running `nnh.func.probability_flow_step`
     (tested on its own) from x_T = 0 and 1; then mean = b and var = a^2 var_prior."""
     def score(t: Tensor, x: Tensor) -> Tensor:
         m, sig = sde.mean_coeff(t)[:, None], sde.sigma(t)[:, None]
@@ -84,7 +84,7 @@ def probability_flow_moments(sde: nnh.VPSDE, mu: float, var: float, steps: int) 
     times = torch.linspace(sde.T, sde.epsilon, steps + 1, dtype=torch.float64)
     dt = (sde.T - sde.epsilon) / steps
     x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
-    for i in range(steps):
-        x = nnh.func.probability_flow_step(sde, score, times[i].expand(2), x, dt)
+    for i in range(steps):  # Heun steps, the last by Euler, as the handler takes them
+        x = nnh.func.probability_flow_step(sde, score, times[i].expand(2), x, dt, "euler" if i == steps - 1 else "heun")
     a, b = (x[1] - x[0]).item(), x[0].item()
     return b, a * a * sde.prior((1,)).stddev.item() ** 2

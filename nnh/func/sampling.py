@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from nnh.func.ode import heun_step
+from nnh.func.ode import ODE_STEPS
 
 __all__ = ["euler_maruyama_step", "langevin_corrector_step", "probability_flow_drift", "probability_flow_step"]
 
@@ -85,8 +85,16 @@ def probability_flow_drift(sde: Any, score_fn: ScoreFn, t: Tensor, x: Tensor) ->
     return sde.drift(t, x) - 0.5 * g * g * score_fn(t, x)
 
 
-def probability_flow_step(sde: Any, score_fn: ScoreFn, t: Tensor, x: Tensor, dt: float | Tensor) -> Tensor:
-    """One Heun step of the probability-flow ODE from t down to t - dt (dt > 0): the
-    deterministic sampler's step (two score evaluations)."""
-    (x_next,) = heun_step(lambda s, y: (probability_flow_drift(sde, score_fn, s, y[0]),), t, (x,), -dt)
+def probability_flow_step(sde: Any, score_fn: ScoreFn, t: Tensor, x: Tensor, dt: float | Tensor,
+                          method: str = "heun") -> Tensor:
+    """One step of the probability-flow ODE from t down to t - dt (dt > 0), by Heun (two score
+    evaluations, at t and t - dt) or Euler (one, at t): the deterministic sampler's step.
+
+    `NNHandler.sample` takes its last step by Euler, so that the network is never evaluated
+    at t = epsilon, where it is divided by the smallest sigma(t) and its error is largest (a
+    Heun step there collapsed the variance of a briefly trained model's samples by half)."""
+    step = ODE_STEPS.get(method)
+    if step is None:
+        raise ValueError(f"probability_flow_step: method={method!r} must be 'heun' or 'euler'.")
+    (x_next,) = step(lambda s, y: (probability_flow_drift(sde, score_fn, s, y[0]),), t, (x,), -dt)
     return x_next

@@ -44,6 +44,9 @@ def test_probability_flow_drift_and_heun_step_by_hand(sde):
     x_pred = x - dt * v
     v2 = probability_flow_drift(sde, linear_score, t - dt, x_pred)
     torch.testing.assert_close(probability_flow_step(sde, linear_score, t, x, dt), x - 0.5 * dt * (v + v2))
+    torch.testing.assert_close(probability_flow_step(sde, linear_score, t, x, dt, "euler"), x - dt * v)
+    with pytest.raises(ValueError, match="method='rk2' must be 'heun' or 'euler'"):
+        probability_flow_step(sde, linear_score, t, x, dt, "rk2")
 
 
 class TinyScoreNet(nn.Module):

@@ -51,8 +51,9 @@ def test_euler_maruyama_recovers_gaussian_data(sde):
 def test_probability_flow_sampler_recovers_gaussian_data(sde, steps, bound):
     # Deterministic, so the prior's mismatch with p_T is not washed out: the mean is pulled
     # towards 0 by the factor std m(T) / sigma(T) (VP: 0.0033 std/0.5; VE: std / sigma_max = 0.01 at
-    # std 0.5, 0.016 at 0.8), and the Heun steps add 2e-4 (VP, 100) and 1.8e-3 (VE, 200) on
-    # the variance. Exact values from probability_flow_moments; bounds stated per SDE.
+    # std 0.5, 0.016 at 0.8), and the steps (Heun, the last Euler) add -6e-4 (VP, 100) and
+    # +1.7e-3 (VE, 200) to the variance. Exact values from probability_flow_moments; bounds
+    # stated per SDE.
     h = exact_handler(sde, MU, STD)
     torch.manual_seed(1)
     x = h.sample((N, 2), steps, method="probability_flow", bar=False)
