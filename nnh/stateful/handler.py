@@ -222,7 +222,6 @@ class NNHandler:
     def _set_sde(self, sde: Any) -> None:
         self._sde = score_based.check_sde(sde)  # duck-typed; a refused SDE changes nothing
         self._model_type = ModelType.SCORE_BASED if sde is not None else self._model_type
-
     sde = property(lambda self: self._sde, _set_sde, doc="The SDE of a score-based model; setting one sets "
                    "model_type SCORE_BASED (None removes it).")
 
