@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--likelihood-batches", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--likelihood-batches", type=int, nargs="*", default=[64, 512])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (torch.set_num_threads)")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-compile", action="store_true")

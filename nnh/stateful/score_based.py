@@ -235,7 +235,10 @@ class _FiniteTracker:
         self.finite_steps = torch.zeros((), dtype=torch.int64, device=x.device)
 
     def update(self, x: Tensor) -> None:
-        self.ok = self.ok & torch.isfinite(x).all()
+        # A NaN or inf anywhere makes the sum non-finite (as does a sum overflowing float32, a
+        # state that has diverged anyway); isfinite(x).all() costs 90 us a step on 8,192 numbers
+        # on this CPU, the sum 5 us (benchmarks/sde.py).
+        self.ok = self.ok & torch.isfinite(x.sum())
         self.last = torch.where(self.ok, x, self.last)
         self.finite_steps = self.finite_steps + self.ok
 
