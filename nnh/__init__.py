@@ -27,6 +27,11 @@ from nnh.stateful.mcmc.plotting import plot_trajectory
 from nnh.stateful.mcmc.energy import RastriginModel
 from nnh.stateful.mcmc.energy import RosenbrockModel
 from nnh.stateful.mcmc.schedulers import WarmupScheduler
+from nnh.func.sde import VPSDE
+from nnh.func.sde import VESDE
+from nnh.func.sde import SubVPSDE
+from nnh.func.score import denoising_score_matching
+from nnh.func.likelihood import bits_per_dim
 
 __all__ = [
     "__version__",
@@ -56,4 +61,9 @@ __all__ = [
     "RastriginModel",
     "RosenbrockModel",
     "WarmupScheduler",
+    "VPSDE",
+    "VESDE",
+    "SubVPSDE",
+    "denoising_score_matching",
+    "bits_per_dim",
 ]
