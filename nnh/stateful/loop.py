@@ -26,6 +26,7 @@ from nnh.stateful.parts import Parts
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import rng_state, set_rng_state
 from nnh.stateful.runtime import Runtime
+from nnh.stateful.sharding import gather_predictions, predict_loader, start_epoch
 
 __all__ = ["Fit", "fit", "validate", "predict", "dispatch"]
 
@@ -68,6 +69,7 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
                 on_val_begin({})
                 for i, batch in enumerate(validation data):
                     on_val_batch_begin(i, {"size"}); forward; on_val_batch_end(i, {"val_loss", "size"})
+                (sums of every rank added: one all-reduce per epoch under torch.distributed)
                 on_val_end({"val_loss", "val_<metric>", ...})
             scheduler step (per-epoch schedulers)
             history += logs; epochs done = epoch + 1
@@ -84,8 +86,16 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
     skipped by `train_step` without a host read. The flags are read with the running loss
     (once per refresh and at the epoch's end): each flagged batch gets a warning, and
     `max_nonfinite_steps` flagged batches in a row raise a RuntimeError.
+
+    Under torch.distributed (`run.runtime`) every rank runs this function and all of them take
+    each decision at the same point: the epoch logs are the sums of all ranks (one all-reduce
+    per epoch), so callbacks see the same values everywhere; a stop or a preemption signal on
+    any rank is agreed at the closed accumulation windows (one window after it is raised, see
+    `Runtime.flag_exchange`) and at every epoch end; the non-finite skip is the same on every
+    rank (`train_step`), and the warnings and the raise count skipped updates, read at the
+    epoch end. Bars, logs and warnings are rank 0's; saves are collective (`run.save`).
     """
-    progress = parts.progress
+    progress, runtime = parts.progress, run.runtime
     progress.stop_training = False
     start = progress.epoch
     final = start + config.epochs
@@ -100,16 +110,19 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
                 progress.mid_epoch = None
                 break
             logs = epoch_logs
+            # A stop or a signal seen by any rank (until now) ends every rank's run here.
+            progress.stop_training, run.preemption.requested = runtime.agree(progress.stop_training,
+                                                                              run.preemption.requested)
             stopping = progress.stop_training or run.preemption.requested
             if run.preemption.requested:
                 # An auto-save due by the interval still happens; the preemption checkpoint is
                 # the one to resume from.
                 if run.autosaver.due(epoch, last=False, save_on_last_epoch=False):
-                    run.autosaver.save_now(epoch, logs, run.save)
+                    run.autosaver.save_now(epoch, logs, run.save, runtime.is_main)
                 run.preemption.save(run.save, run.autosaver.save_path, run.log, "")
             elif run.autosaver.due(epoch, last=epoch == final - 1 or stopping,
                                    save_on_last_epoch=config.save_on_last_epoch):
-                run.autosaver.save_now(epoch, logs, run.save)
+                run.autosaver.save_now(epoch, logs, run.save, runtime.is_main)
             if stopping:
                 break
     dispatch(run.callbacks, "on_train_end", logs)
@@ -133,13 +146,15 @@ def _no_partial_window(parts: Parts) -> Iterator[None]:
         raise
 
 
-def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tuple[Iterator[Any], int]:
+def _epoch_batches(parts: Parts, run: Fit, epoch: int, loader: Any, sums: EpochSums) -> tuple[Iterator[Any], int]:
     """The epoch's batch iterator and the index of its first batch.
 
     The RNG state at the epoch's start is kept (a shuffling loader draws its order from it
     when iterated). Resuming a mid-epoch checkpoint replays that state to rebuild the same
     order, skips the batches already trained, and then goes on with the RNG state of the
-    moment it stopped, so the run continues exactly.
+    moment it stopped, so the run continues exactly. (A `DistributedSampler` orders by its
+    seed and `set_epoch` instead; the replay keeps the rest of the RNG streams exact.) The
+    saved sums are those of all ranks, so rank 0 alone takes them up.
     """
     progress = parts.progress
     resume, progress.resume = progress.resume, None
@@ -151,7 +166,8 @@ def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tu
         for _ in range(resume["batches_done"]):
             next(it)
         set_rng_state(now)
-        sums.load({"loss": resume["loss"], "metrics": resume["metrics"]})
+        if run.runtime.is_main:
+            sums.load({"loss": resume["loss"], "metrics": resume["metrics"]})
         return it, resume["batches_done"]
     progress.epoch_rng = rng_state()
     return iter(loader), 0
@@ -159,16 +175,16 @@ def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tu
 
 def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final: int,
                  nonfinite_run: list[int]) -> dict[str, Any] | None:
-    model, opt, progress = parts.model, parts.optimization, parts.progress
-    loader, device = run.train_loader, run.runtime.device
+    model, opt, progress, runtime = parts.model, parts.optimization, parts.progress, run.runtime
+    loader, device = run.train_loader, runtime.device
     validating = config.validates(epoch)
-    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    start_epoch(loader, epoch, progress.seed)
     n_train = len_or_none(loader)
     n_val = len_or_none(run.val_loader) if validating else 0
     joint = config.epoch_train_and_val_pbar and n_train is not None and n_val is not None
+    shown = config.progress_bar and runtime.is_main
     bar = tqdm(total=(n_train + n_val) if joint else n_train, desc=f"Epoch {epoch + 1}/{final}",
-               disable=not (config.progress_bar and run.runtime.is_main), leave=False, dynamic_ncols=True)
+               disable=not shown, leave=False, dynamic_ncols=True)
     dispatch(run.callbacks, "on_epoch_begin", epoch, {})
 
     model.set_mode(True)
@@ -178,75 +194,98 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
     state = opt.require_state(model.module)
     sums = EpochSums(run.metrics)
     last_refresh = time.monotonic()
+    flags = runtime.flag_exchange()
+    unchecked: list[tuple[int, bool]] = []
 
-    def read() -> None:
-        # The host read of the epoch so far: a warning per non-finite batch, and the raise.
-        for i, bad in sums.flush():
+    def read(decide: bool = True) -> None:
+        # The host read of the epoch so far; then a warning per non-finite batch, and the raise.
+        # Under torch.distributed the flags (skipped updates, the same on every rank) are
+        # decided on at points every rank reaches together, never at a rank's bar refresh.
+        unchecked.extend(sums.flush())
+        if not decide:
+            return
+        for i, bad in unchecked:
             nonfinite_run[0] = nonfinite_run[0] + 1 if bad else 0
             if not bad:
                 continue
-            warnings.warn(f"NNHandler.train: non-finite loss at epoch {epoch}, batch {i}; the update of its "
-                          "accumulation window was skipped and its gradients dropped.", RuntimeWarning, stacklevel=4)
+            if runtime.is_main:
+                warnings.warn(f"NNHandler.train: non-finite loss at epoch {epoch}, batch {i}; the update of its "
+                              "accumulation window was skipped and its gradients dropped"
+                              + (" on every rank." if runtime.distributed else "."), RuntimeWarning, stacklevel=4)
             if nonfinite_run[0] >= config.max_nonfinite_steps:
                 bar.close()
                 raise RuntimeError(
                     f"NNHandler.train: {nonfinite_run[0]} non-finite losses in a row (last at epoch {epoch}, "
                     f"batch {i}); lower the learning rate, clip gradients, or check the data.")
+        unchecked.clear()
 
-    batches, first = _epoch_batches(parts, epoch, loader, sums)
+    batches, first = _epoch_batches(parts, run, epoch, loader, sums)
     for i, batch in enumerate(batches, start=first):
         batch = to_device(batch, device)
         n = batch_size_of(batch)
         dispatch(run.callbacks, "on_train_batch_begin", i, {"size": n})
-        update = i % k == k - 1 or (n_train is not None and i == n_train - 1)
-        _, m = run.step(state, batch, module=model.module, loss_fn=run.objective.loss, optimizer=opt.optimizer,
-                        forward=model.forward, micro_batch=i % k, update=update, amp_dtype=amp_dtype,
-                        max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True)
+        last = n_train is not None and i == n_train - 1
+        update = i % k == k - 1 or last
+        with model.gradient_sync(update):
+            _, m = run.step(state, batch, module=model.module, loss_fn=run.objective.loss, optimizer=opt.optimizer,
+                            forward=model.forward, micro_batch=i % k, update=update, amp_dtype=amp_dtype,
+                            max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True)
         loss = m["loss"]
         nonfinite = m["nonfinite"] if "nonfinite" in m.keys() else None
         values = []
         if run.metrics:
             output, target = _output_of(m), run.objective.metric_target(batch)
             values = _metric_values(run.metrics, output, target)
-        sums.add(i, loss, n, nonfinite, values)
+        # One process reports each non-finite micro-batch; under torch.distributed each
+        # skipped update, which every rank knows alike (a micro-batch's flag is its rank's).
+        report = True if not runtime.distributed else (~m["stepped"] if update else None)
+        sums.add(i, loss, n, nonfinite, values, report)
         if update and opt.steps_per_batch:
             opt.scheduler.step()  # per window closed, skipped or not (the skip is on the device)
         dispatch(run.callbacks, "on_train_batch_end", i, {"loss": loss, "size": n})
         bar.update(1)
-        refresh = config.progress_bar and time.monotonic() - last_refresh >= _REFRESH_EVERY_S
+        refresh = shown and time.monotonic() - last_refresh >= _REFRESH_EVERY_S
         debug = config.debug_print_interval and (i + 1) % config.debug_print_interval == 0
         if refresh or debug:
-            read()
+            read(decide=bool(debug) or not runtime.distributed)
             if refresh:
                 bar.set_postfix(loss=f"{sums.loss():.4g}")
                 last_refresh = time.monotonic()
             if debug:
                 run.log(f"epoch {epoch + 1} batch {i + 1}: running loss {sums.loss():.6g}")
-        if run.preemption.requested and update and (n_train is None or i < n_train - 1):
-            # Stop at a closed accumulation window and keep what resuming needs.
+        if update:
+            stop, preempted = flags.exchange(progress.stop_training, run.preemption.requested, post=not last)
+            progress.stop_training |= stop
+            run.preemption.requested |= preempted
+        else:  # between windows only one process stops (a rank cannot leave its window alone)
+            stop, preempted = progress.stop_training and not runtime.distributed, False
+        if preempted and not last:
+            # Stop at a closed accumulation window and keep what resuming needs: the sums of
+            # every rank, written by rank 0.
             read()
             bar.close()
+            sums.set_totals(runtime.sum(sums.totals()))
             progress.mid_epoch = {"epoch": epoch, "batches_done": i + 1, "epoch_rng": progress.epoch_rng,
-                                  **sums.state()}
+                                  "world_size": runtime.world_size, **sums.state()}
             return None
-        if progress.stop_training:
+        if stop:
             break
+    flags.drain(2)
     read()
 
-    logs: dict[str, Any] = {"epoch": epoch, "loss": sums.loss()}
-    if config.progress_bar:
-        bar.set_postfix(loss=f"{logs['loss']:.4g}")
-    for name in run.metrics:
-        logs[name] = sums.metric(name)
-    val_logs = {"val_loss": math.nan, **{f"val_{name}": math.nan for name in run.metrics}}
+    val_sums = None
     if validating:  # a preemption in the last batch still completes its epoch
         val_bar = bar if joint else tqdm(total=n_val, desc=f"Validation {epoch + 1}", leave=False, dynamic_ncols=True,
-                                         disable=not (config.progress_bar and run.runtime.is_main))
-        val_logs = validate(parts, run, amp_dtype, apply_ema=True, bar=val_bar)
+                                         disable=not shown)
+        val_sums = _validation_sums(parts, run, amp_dtype, apply_ema=True, bar=val_bar)
         if val_bar is not bar:
             val_bar.close()
+    _reduce(runtime, sums, val_sums)  # the epoch's one all-reduce
+    logs: dict[str, Any] = {"epoch": epoch, "loss": sums.loss(), **{name: sums.metric(name) for name in run.metrics}}
+    if shown:
+        bar.set_postfix(loss=f"{logs['loss']:.4g}")
     bar.close()
-    logs.update(val_logs)
+    logs.update(_val_logs(run, val_sums))
     if opt.optimizer is not None:
         logs["lr"] = opt.lr()
     opt.step_epoch_scheduler(logs, validating, config.validate_every)
@@ -258,10 +297,32 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
     return logs
 
 
+def _reduce(runtime: Runtime, *all_sums: EpochSums | None) -> None:
+    """Replace each rank's sums by the sums over all ranks, in one all-reduce."""
+    present = [s for s in all_sums if s is not None]
+    if not runtime.distributed or not present:
+        return
+    layout = [len(s.totals()) for s in present]
+    summed = runtime.sum([x for s in present for x in s.totals()])
+    for s, width in zip(present, layout):
+        s.set_totals(summed[:width])
+        summed = summed[width:]
+
+
+def _val_logs(run: Fit, val_sums: EpochSums | None) -> dict[str, float]:
+    """The validation logs, after `on_val_end` has seen them (NaN when not validated)."""
+    if val_sums is None:
+        return {"val_loss": math.nan, **{f"val_{name}": math.nan for name in run.metrics}}
+    logs = {"val_loss": val_sums.loss(), **{f"val_{name}": val_sums.metric(name) for name in run.metrics}}
+    dispatch(run.callbacks, "on_val_end", logs)
+    return logs
+
+
 @torch.no_grad()
-def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: bool, bar: Any = None) -> dict[str, float]:
-    """Sample-weighted validation loss and metrics, with the EMA weights when `apply_ema`
-    and an EMA exists."""
+def _validation_sums(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: bool,
+                     bar: Any = None) -> EpochSums:
+    """This rank's sample-weighted validation sums (flushed), from `on_val_begin` to the last
+    `on_val_batch_end`."""
     model = parts.model
     dispatch(run.callbacks, "on_val_begin", {})
     sums = EpochSums(run.metrics)
@@ -272,7 +333,7 @@ def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: b
             n = batch_size_of(batch)
             dispatch(run.callbacks, "on_val_batch_begin", i, {"size": n})
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, output = run.objective.loss(model.forward, batch)
+                loss, output = run.objective.loss(model.eval_forward, batch)
             loss = loss.detach().float()
             values = []
             if run.metrics:
@@ -283,23 +344,31 @@ def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: b
             if bar is not None:
                 bar.update(1)
     sums.flush()
-    logs = {"val_loss": sums.loss(), **{f"val_{name}": sums.metric(name) for name in run.metrics}}
-    dispatch(run.callbacks, "on_val_end", logs)
-    return logs
+    return sums
+
+
+def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: bool, bar: Any = None) -> dict[str, float]:
+    """Sample-weighted validation loss and metrics (over all ranks under torch.distributed),
+    with the EMA weights when `apply_ema` and an EMA exists."""
+    sums = _validation_sums(parts, run, amp_dtype, apply_ema, bar)
+    _reduce(run.runtime, sums)
+    return _val_logs(run, sums)
 
 
 @torch.no_grad()
-def predict(parts: Parts, data_loader: Any, device: torch.device, apply_ema: bool = True) -> list[Any]:
+def predict(parts: Parts, data_loader: Any, runtime: Runtime, apply_ema: bool = True) -> list[Any] | None:
     """Per-batch model outputs (detached) over `data_loader`, with the EMA weights when
-    `apply_ema` and an EMA exists."""
+    `apply_ema` and an EMA exists. Under torch.distributed each rank predicts its share and
+    rank 0 returns them all in dataset order (`nnh.stateful.sharding`); other ranks get None."""
     model = parts.model
+    loader, indices = predict_loader(data_loader, runtime)
     outputs = []
     with model.evaluating(parts.optimization.ema() if apply_ema else None):
-        for batch in data_loader:
-            inputs, _, args, kwargs = unpack_batch(to_device(batch, device))
-            out = model.forward(inputs, *args, **kwargs)
+        for batch in loader:
+            inputs, _, args, kwargs = unpack_batch(to_device(batch, runtime.device))
+            out = model.eval_forward(inputs, *args, **kwargs)
             outputs.append(out.detach() if isinstance(out, Tensor) else out)
-    return outputs
+    return gather_predictions(outputs, indices, runtime, getattr(data_loader, "batch_size", None), runtime.device)
 
 
 def _metric_values(metrics: dict[str, Callable], output: Any, target: Any) -> list[Any]:

@@ -1,0 +1,48 @@
+"""Tensors sharded over processes (DTensors, as FSDP2's `fully_shard` makes them) in the train step.
+
+The optimizer updates, the EMA and the gradient scaling are element-wise, so each process
+applies them to its local shards alone: exactly what one process would compute on the whole
+tensor, and without DTensor's per-op dispatch. Two quantities need every shard: the global
+gradient norm (clipping) and whether any gradient is non-finite (the skip). `sum_over_shards`
+adds such per-process values over the processes that hold the other shards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["is_sharded", "local_shards", "sum_over_shards"]
+
+try:
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+except ImportError:  # a torch build without torch.distributed
+    DTensor = None  # type: ignore[assignment,misc]
+
+
+def is_sharded(t: Any) -> bool:
+    """Whether `t` is a DTensor sharded along at least one mesh dimension."""
+    return DTensor is not None and isinstance(t, DTensor) and any(p.is_shard() for p in t.placements)
+
+
+def local_shards(tensors: list[Tensor]) -> list[Tensor]:
+    """Each tensor's local shard (a DTensor's `to_local()`, which shares its storage, so in-place
+    updates of the shard update the DTensor); any other tensor itself."""
+    if DTensor is None:
+        return tensors
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def sum_over_shards(values: Tensor, like: Any) -> Tensor:
+    """`values` (computed from this process's shards) summed over the mesh dimensions along
+    which `like` is sharded, when `like` is a sharded DTensor; `values` itself otherwise.
+
+    Replicated mesh dimensions (HSDP) hold the same shards, so they are not summed over.
+    One all-reduce, through DTensor (a Partial placement made full)."""
+    if not is_sharded(like):
+        return values
+    placements = [Partial() if p.is_shard() else Replicate() for p in like.placements]
+    with torch.no_grad():
+        return DTensor.from_local(values, like.device_mesh, placements, run_check=False).full_tensor()
