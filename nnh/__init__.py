@@ -27,6 +27,14 @@ from nnh.stateful.mcmc.plotting import plot_trajectory
 from nnh.stateful.mcmc.energy import RastriginModel
 from nnh.stateful.mcmc.energy import RosenbrockModel
 from nnh.stateful.mcmc.schedulers import WarmupScheduler
+from nnh.utils.distributed import all_reduce_weighted_mean
+from nnh.utils.distributed import barrier
+from nnh.utils.distributed import gather_object
+from nnh.utils.distributed import get_local_rank
+from nnh.utils.distributed import get_rank
+from nnh.utils.distributed import get_world_size
+from nnh.utils.distributed import is_distributed
+from nnh.utils.distributed import on_rank
 
 __all__ = [
     "__version__",
@@ -56,4 +64,12 @@ __all__ = [
     "RastriginModel",
     "RosenbrockModel",
     "WarmupScheduler",
+    "all_reduce_weighted_mean",
+    "barrier",
+    "gather_object",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "on_rank",
 ]

@@ -264,6 +264,7 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
             # every rank, written by rank 0.
             read()
             bar.close()
+            _agree_buffers(parts, runtime)
             sums.set_totals(runtime.sum(sums.totals()))
             progress.mid_epoch = {"epoch": epoch, "batches_done": i + 1, "epoch_rng": progress.epoch_rng,
                                   "world_size": runtime.world_size, **sums.state()}
@@ -272,6 +273,7 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
             break
     flags.drain(2)
     read()
+    _agree_buffers(parts, runtime)
 
     val_sums = None
     if validating:  # a preemption in the last batch still completes its epoch
@@ -295,6 +297,19 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
     progress.epoch = epoch + 1
     dispatch(run.callbacks, "on_epoch_end", epoch, logs)
     return logs
+
+
+def _agree_buffers(parts: Parts, runtime: Runtime) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) and their EMA. Each rank's last
+    forward updated its own, while DDP broadcasts rank 0's before every forward anyway: taken
+    at the epoch's end (and before a mid-epoch checkpoint), they make validation, the EMA and
+    the checkpoint the same on every rank."""
+    if not runtime.distributed:
+        return
+    buffers = dict(parts.model.module.named_buffers())
+    ema = parts.optimization.ema()
+    averaged = [ema[n] for n in buffers if n in ema.keys()] if ema is not None else []
+    runtime.broadcast_tensors(list(buffers.values()) + averaged)
 
 
 def _reduce(runtime: Runtime, *all_sums: EpochSums | None) -> None:

@@ -76,6 +76,12 @@ class Runtime:
         """Rank 0's `obj` on every rank."""
         return du.broadcast_object(obj, 0, self.group) if self.distributed else obj
 
+    def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite `tensors` (on this process's device) with rank 0's, in place."""
+        if self.distributed:
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier(self.group)

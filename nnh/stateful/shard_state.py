@@ -15,7 +15,7 @@ from torch import nn
 
 from nnh.func.shards import is_sharded
 
-__all__ = ["shard_like", "shard_like_module", "shard_optimizer_state"]
+__all__ = ["shard_like", "shard_like_module", "shard_optimizer_state", "full_state_dict", "load_full_state_dict"]
 
 
 def shard_like(value: Any, target: Any) -> Any:
@@ -45,3 +45,23 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             if state and is_sharded(p):
                 for key, value in list(state.items()):
                     state[key] = shard_like(value, p)
+
+
+def full_state_dict(module: nn.Module, everywhere: bool = True) -> dict[str, Any]:
+    """`module.state_dict()` with whole tensors. A sharded (FSDP) module gathers them, a
+    collective that every rank calls: on every rank (on the CPU) when `everywhere`, else on
+    rank 0 only (the others get {}). An unsharded module's own state dict is returned."""
+    own = module.state_dict()
+    if not any(is_sharded(t) for t in own.values()):
+        return own
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=False)
+    if everywhere:
+        return {k: v.full_tensor().cpu() if is_sharded(v) else v.cpu() for k, v in own.items()}
+    return get_model_state_dict(module, options=options)
+
+
+def load_full_state_dict(module: nn.Module, weights: dict[str, Any]) -> None:
+    """`module.load_state_dict(weights)` for whole tensors, sharded as the module's."""
+    module.load_state_dict(shard_like_module(module, weights))
