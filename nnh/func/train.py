@@ -127,7 +127,7 @@ def clip_grad_norm(grads: list[Tensor], max_norm: float) -> Tensor:
     if sharded is None:
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local)))
     else:
-        norm = sum_over_shards(_squared_norm(local), sharded).sqrt()
+        norm = sum_over_shards(_squared_norm(local), sharded).sqrt().reshape(())
     _scale_to_norm(local, norm, max_norm)
     return norm
 

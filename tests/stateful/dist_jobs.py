@@ -54,8 +54,8 @@ def weights(h: NNHandler) -> dict[str, torch.Tensor]:
 
 
 def history(h: NNHandler) -> dict[str, Any]:
-    return {"loss": h.train_losses, "val_loss": h.val_losses, "acc": h.train_metrics_history["acc"],
-            "val_acc": h.val_metrics_history["acc"]}
+    return {"loss": list(h.train_losses), "val_loss": list(h.val_losses), "acc": list(h.train_metrics_history["acc"]),
+            "val_acc": list(h.val_metrics_history["acc"])}
 
 
 # ---------------------------------------------------------------------------- training and files
@@ -217,3 +217,147 @@ def decisions(rank: int, out: str) -> dict[str, Any]:
     single = NNHandler.load(os.path.join(out, "single.pth"))
     result["single"] = {"weights": weights(single), "epoch": single.epoch, "model": type(single.model).__name__}
     return result
+
+
+# ---------------------------------------------------------------------------- a rank that raises
+class RaiseOnRank1:
+    """A loss that raises on rank 1 at its third call (batch 2 of epoch 0)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if int(os.environ["RANK"]) == 1 and self.calls == 3:
+            raise ValueError("bad batch")
+        return nn.functional.cross_entropy(output, target)
+
+
+TIMEOUT_S = 4.0
+
+
+def one_rank_raises(rank: int, out: str) -> dict[str, Any]:
+    """Rank 1 raises and then stays alive without taking part (as a rank stuck elsewhere
+    would): rank 0 must fail by the process-group timeout, not wait for ever."""
+    h = smooth_handler(8, process_group_timeout=TIMEOUT_S)
+    h.set_loss_fn(RaiseOnRank1())
+    try:
+        h.train(3, progress_bar=False)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - the test reads it
+        error = f"{type(exc).__name__}: {exc}"
+    failed_at = time.time()
+    if rank == 1:
+        with open(os.path.join(out, "rank1_raised_at"), "w") as f:
+            f.write(repr(failed_at))
+        deadline = time.time() + 30
+        while not os.path.exists(os.path.join(out, "rank0.pt")) and time.time() < deadline:
+            time.sleep(0.1)  # alive, silent, until rank 0 has given up
+        os._exit(3)  # no clean-up: leave the group as a crashed rank would
+    torch.save({"error": error, "failed_at": failed_at}, os.path.join(out, "rank0.pt"))
+    # Leave at once: tearing down a group whose peer vanished mid-collective waits for the
+    # pending operations to time out too, which only lengthens the test.
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------- FSDP2
+FSDP_KW = dict(gradient_accumulation_steps=K_SHORT, gradient_clipping_norm=0.5, ema_decay=0.9, progress_bar=False)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
+
+
+def optimizer_moments(h: NNHandler) -> dict[str, torch.Tensor]:
+    """exp_avg of each parameter, by name, as whole tensors."""
+    return {name: full(h.optimizer.state[p]["exp_avg"]) for name, p in h.module.named_parameters()}
+
+
+def fsdp(rank: int, out: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    d, f = smooth_handler(8), smooth_handler(8, strategy="fsdp")
+    for h in (d, f):
+        h.train(2, **FSDP_KW)
+    result.update(ddp=weights(d), fsdp=weights(f), histories=(history(d), history(f)), module=type(f.module).__name__)
+    db, fb = smooth_handler(8), smooth_handler(8, strategy="fsdp")
+    for h in (db, fb):
+        h.train(1, use_amp="bf16", progress_bar=False)
+    result["bf16"] = (weights(db), weights(fb))
+
+    # Saved as shards; loaded back by two processes (here), and by one (the parent test).
+    f.save(os.path.join(out, "fsdp_ckpt"))
+    result["saved"] = {"weights": weights(f), "moments": optimizer_moments(f), "history": history(f),
+                       "ema": {k: full(v) for k, v in f.train_state["ema"].items()}}
+    g = NNHandler.load(os.path.join(out, "fsdp_ckpt"))
+    g.set_train_loader(classification_data(64), batch_size=8)
+    g.set_val_loader(classification_data(32, seed=1), batch_size=8)
+    for h in (f, g):
+        h.train(1, **FSDP_KW)
+    result["continued"] = (weights(f), weights(g), type(g.module).__name__)
+
+    # A file saved by one process (the parent), sharded on loading, then trained on.
+    s = NNHandler.load(os.path.join(out, "single.pth"), strategy="fsdp")
+    result["from_single"] = {"weights": weights(s), "moments": optimizer_moments(s), "module": type(s.module).__name__,
+                             "ema": {k: full(v) for k, v in s.train_state["ema"].items()}}
+    s.set_train_loader(classification_data(64), batch_size=8)
+    s.set_val_loader(classification_data(32, seed=1), batch_size=8)
+    s.train(1, **FSDP_KW)
+    result["from_single"]["continued"] = weights(s)
+    result["shards"] = shard_checks(rank)
+    return result
+
+
+def shard_checks(rank: int) -> dict[str, Any]:
+    """nnh.func on DTensor shards: the global gradient norm, the gated optimizer update, and a
+    non-finite gradient in one rank's shard only."""
+    from torch.distributed.fsdp import fully_shard
+
+    from nnh.func import clip_grad_norm, init_train_state, train_step
+    from nnh.func.optim import optimizer_update
+
+    x, y = classification_data(16).tensors
+
+    def sharded_with_grads(opt_class, **kw):
+        torch.manual_seed(0)
+        m = Smooth()
+        fully_shard(m)
+        opt = opt_class(m.parameters(), **kw)
+        nn.functional.cross_entropy(m(x[rank * 8:(rank + 1) * 8]), y[rank * 8:(rank + 1) * 8]).backward()
+        return m, opt
+
+    torch.manual_seed(0)
+    plain = Smooth()
+    nn.functional.cross_entropy(plain(x), y).backward()
+    m, _ = sharded_with_grads(torch.optim.SGD, lr=0.1)
+    norm = clip_grad_norm([p.grad for p in m.parameters()], 0.1)
+    want = clip_grad_norm([p.grad for p in plain.parameters()], 0.1)
+    clipped = {n: full(p.grad) for n, p in m.named_parameters()}
+    out = {"norm": (float(norm), float(want)), "clipped": (clipped, {n: p.grad.clone() for n, p in plain.named_parameters()})}
+
+    gated_equal = {}
+    for opt_class, kw in ((torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01)), (torch.optim.AdamW, dict(lr=0.1))):
+        (m1, o1), (m2, o2) = sharded_with_grads(opt_class, **kw), sharded_with_grads(opt_class, **kw)
+        for o in (o1, o2):
+            init_train_state(m1 if o is o1 else m2, o)
+        step = torch.zeros((), dtype=torch.int64)
+        optimizer_update(o1, step)
+        optimizer_update(o2, step, torch.zeros(1))  # the gated path, as on a GPU
+        same = all(torch.equal(a.to_local(), b.to_local()) for a, b in zip(m1.parameters(), m2.parameters()))
+        before = [p.to_local().clone() for p in m2.parameters()]
+        optimizer_update(o2, step, torch.ones(1))
+        skipped = all(torch.equal(a, p.to_local()) for a, p in zip(before, m2.parameters()))
+        gated_equal[opt_class.__name__] = (same, skipped)
+    out["gated"] = gated_equal
+
+    # An inf in rank 1's shard alone: both ranks skip the update.
+    m, opt = sharded_with_grads(torch.optim.AdamW, lr=0.1)
+    state = init_train_state(m, opt)
+    if rank == 1:
+        next(iter(m.parameters())).grad.to_local().view(-1)[0] = float("inf")
+    before = [p.to_local().clone() for p in m.parameters()]
+    _, metrics = train_step(state, (x[:8], y[:8]), module=m, optimizer=opt, micro_batch=1, update=True,
+                            loss_fn=lambda model, b: nn.functional.cross_entropy(model(b[0]), b[1]),
+                            skip_nonfinite=True, max_grad_norm=1.0)
+    out["inf_in_one_shard"] = {"stepped": bool(metrics["stepped"]), "step": int(state["step"]),
+                               "unchanged": all(torch.equal(a, p.to_local()) for a, p in zip(before, m.parameters()))}
+    return out

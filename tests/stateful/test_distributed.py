@@ -130,3 +130,63 @@ def test_decisions_taken_on_one_rank_are_taken_by_all(tmp_path):
     for r in (r0, r1):
         assert r["single"]["model"] == "DistributedDataParallel" and r["single"]["epoch"] == 1
         assert all(torch.equal(v, single.module.state_dict()[k]) for k, v in r["single"]["weights"].items())
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_that_raises_ends_the_job_within_the_timeout(tmp_path):
+    r0, r1 = run_ranks("tests.stateful.dist_jobs:one_rank_raises", tmp_path, check=False, timeout=45)
+    assert r1.returncode == 3 and "bad batch" in r1.stderr + r1.stdout or r1.returncode == 3
+    raised_at = float((tmp_path / "rank1_raised_at").read_text())
+    assert r0.data is not None and r0.data["error"] is not None  # rank 0 failed, it did not hang
+    waited = r0.data["failed_at"] - raised_at
+    assert waited < dist_jobs.TIMEOUT_S + 6.0, f"rank 0 gave up {waited:.1f} s after rank 1 raised"
+
+
+@pytest.mark.timeout(120)
+def test_fsdp_trains_as_ddp_and_its_checkpoints_reshard(tmp_path):
+    from nnh import NNHandler
+
+    single = dist_jobs.smooth_handler(16, use_distributed=False)
+    single.train(1, **dist_jobs.FSDP_KW)
+    single.save(tmp_path / "single.pth")
+    r0, r1 = (r.data for r in run_ranks("tests.stateful.dist_jobs:fsdp", tmp_path))
+    for r in (r0, r1):
+        # Sharded training reaches DDP's weights (accumulation with a short last window,
+        # global-norm clipping, EMA), with bf16 autocast too.
+        assert r["module"] == "FSDPSmooth"
+        assert_close_weights(r["fsdp"], r["ddp"])
+        for name, values in r["histories"][1].items():
+            assert values == pytest.approx(r["histories"][0][name], rel=1e-6), name
+        for k, v in r["bf16"][1].items():
+            torch.testing.assert_close(v, r["bf16"][0][k], rtol=1e-3, atol=1e-4)
+        # Saved as shards by 2, loaded by 2: training continues exactly.
+        a, b, module = r["continued"]
+        assert module == "FSDPSmooth" and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(r0["fsdp"][k], r1["fsdp"][k]) for k in r0["fsdp"])
+
+    # 2 -> 1: the folder loads in one process, whole tensors.
+    loaded = NNHandler.load(tmp_path / "fsdp_ckpt")
+    saved = r0["saved"]
+    assert type(loaded.model).__name__ == "Smooth" and loaded.epoch == 2
+    assert all(torch.equal(v, saved["weights"][k]) for k, v in dist_jobs.weights(loaded).items())
+    assert all(torch.equal(v, saved["moments"][k]) for k, v in dist_jobs.optimizer_moments(loaded).items())
+    assert all(torch.equal(v, saved["ema"][k]) for k, v in loaded.train_state["ema"].items())
+    assert dist_jobs.history(loaded) == saved["history"]
+
+    # 1 -> 2: a one-process file sharded on loading; training on matches one process.
+    single.train(1, **dist_jobs.FSDP_KW)
+    for r in (r0, r1):
+        got = r["from_single"]
+        assert got["module"] == "FSDPSmooth"
+        saved_single = torch.load(tmp_path / "single.pth", weights_only=True)
+        assert all(torch.equal(v, saved_single["model_state_dict"][k]) for k, v in got["weights"].items())
+        assert all(torch.equal(v, saved_single["train_state"]["ema"][k]) for k, v in got["ema"].items())
+        assert_close_weights(got["continued"], dist_jobs.weights(single))
+
+    # nnh.func on DTensor shards.
+    shards = r0["shards"]
+    assert shards["norm"][0] == pytest.approx(shards["norm"][1], rel=1e-6)
+    assert_close_weights(*shards["clipped"])
+    assert shards["gated"] == {"SGD": (True, True), "AdamW": (True, True)}
+    for r in (r0, r1):
+        assert r["shards"]["inf_in_one_shard"] == {"stepped": False, "step": 0, "unchanged": True}
