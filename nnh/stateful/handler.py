@@ -58,10 +58,9 @@ class NNHandler:
                  strategy: str = "ddp", strategy_options: dict[str, Any] | None = None,
                  process_group_timeout: float | datetime.timedelta | None = None, **model_kwargs: Any) -> None:
         check_flag("NNHandler", "use_distributed", use_distributed, allow_none=True)
-        options, timeout = check_options(check_strategy(strategy), strategy_options), check_timeout(process_group_timeout)
-        level = check_logger_level(logger_level)
-        self._runtime = setup_runtime(use_distributed, check_device(device), strategy, timeout)
-        self._strategy_options = options
+        self._strategy_options = check_options(check_strategy(strategy), strategy_options)
+        level, timeout = check_logger_level(logger_level), check_timeout(process_group_timeout)
+        self._runtime = setup_runtime(use_distributed, check_device(device), strategy, timeout)  # docs/distributed.md
         self._logger = make_logger(logger_mode, logger_filename, level) if self._runtime.is_main else None
         self._model_type = ModelType.from_string(model_type)
         self._parts: Parts | None = None
@@ -286,9 +285,8 @@ class NNHandler:
 
     def predict(self, data_loader: DataLoader, apply_ema: bool = True) -> list[Any] | None:
         """Per-batch model outputs (detached) over `data_loader`, with the EMA weights when
-        `apply_ema` and an EMA exists. The raw weights are restored afterwards. Under
-        torch.distributed every rank predicts its share and rank 0 returns them all, in
-        dataset order (see `nnh.stateful.sharding`); other ranks return None."""
+        `apply_ema` and an EMA exists. Under torch.distributed rank 0 returns every rank's, in
+        dataset order (`nnh.stateful.sharding`), the others None."""
         return loop.predict(self._parts, data_loader, self._runtime, apply_ema)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -297,12 +295,7 @@ class NNHandler:
     def keep_eval_on_module(self, module: nn.Module, activate: bool = True) -> None:
         """Keep `module` in eval mode (e.g. frozen BatchNorm statistics) even during training;
         `activate=False` unregisters it."""
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"keep_eval_on_module expects an nn.Module, got {type(module).__name__}.")
-        part = self._parts.model
-        part.keep_eval = [m for m in part.keep_eval if m is not module] + ([module] if activate else [])
-        if activate:
-            module.eval()
+        self._parts.model.keep_in_eval(module, activate)
 
     def freeze_module(self, module: nn.Module, verbose: bool = False) -> None:
         """Set `requires_grad=False` on every parameter of `module`."""
@@ -321,9 +314,7 @@ class NNHandler:
         """Run the model's forward through `torch.compile(**kwargs)`. `handler.module` and
         state_dict keys stay those of the plain module. `train(compile=True)` compiles the
         whole step instead. Under DDP the wrapper is compiled for training."""
-        part = self._parts.model
-        part.set_forward(torch.compile(part.forward, **kwargs), torch.compile(self.module, **kwargs)
-                         if part.forward is not part.module else None)
+        self._parts.model.compile(**kwargs)
 
     def ensure_ema(self) -> TensorDict:
         """The EMA weights, created from the current weights if there are none yet."""
@@ -336,9 +327,8 @@ class NNHandler:
         The file holds tensors and plain values only (`torch.load(weights_only=True)` reads
         it). Classes and functions are stored as import paths; one that cannot be imported
         again (a lambda, a class from ``__main__``) is recorded by name with a warning, and
-        `NNHandler.load` then needs it passed in. Under torch.distributed every rank calls it:
-        rank 0 writes the file (under FSDP every rank writes its shards into the folder
-        `path`, see docs/distributed.md) and the others wait.
+        `NNHandler.load` then needs it passed in. Under torch.distributed every rank calls it
+        (rank 0 writes; under FSDP `path` is a folder of shards: docs/distributed.md).
         """
         checkpoint.save_handler(self, path)
 
@@ -397,9 +387,8 @@ class NNHandler:
 
     def plot_metrics(self, log_y_scale: bool = False, save_path_prefix: str | None = None) -> dict[str, Figure]:
         """One figure per metric; with `save_path_prefix`, saved as `{prefix}_{name}.png` (rank 0)."""
-        if not self._runtime.is_main:
-            return None
-        return reporting.plot_metrics(self._history, list(self._metrics), log_y_scale, save_path_prefix)
+        return (reporting.plot_metrics(self._history, list(self._metrics), log_y_scale, save_path_prefix)
+                if self._runtime.is_main else None)
 
     def print(self, show_model_structure: bool = False) -> str:
         """A summary of the handler's configuration and history."""

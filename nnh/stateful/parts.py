@@ -92,6 +92,7 @@ class ModelPart:
         self.forward: Callable[..., Any] = module
         self.eval_forward: Callable[..., Any] = module
         self.no_sync: Callable[[], Any] | None = None
+        self.wrapper: nn.Module | None = None  # the DDP wrapper, when there is one
         # FSDP: drop the gathered copies of sharded parameters, so that the next forward
         # gathers the shards as they are now (after an EMA swap, say).
         self.reshard: Callable[[], None] = lambda: None
@@ -102,6 +103,20 @@ class ModelPart:
     def set_forward(self, forward: Callable[..., Any], eval_forward: Callable[..., Any] | None = None) -> None:
         self.forward = forward
         self.eval_forward = forward if eval_forward is None else eval_forward
+
+    def compile(self, **kwargs: Any) -> None:
+        """Run the forwards through `torch.compile(**kwargs)` (under DDP: the wrapper for
+        training, the module for evaluation)."""
+        base = self.wrapper if self.wrapper is not None else self.module
+        self.set_forward(torch.compile(base, **kwargs),
+                         torch.compile(self.module, **kwargs) if self.wrapper is not None else None)
+
+    def keep_in_eval(self, module: nn.Module, activate: bool) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"keep_eval_on_module expects an nn.Module, got {type(module).__name__}.")
+        self.keep_eval = [m for m in self.keep_eval if m is not module] + ([module] if activate else [])
+        if activate:
+            module.eval()
 
     def gradient_sync(self, enabled: bool) -> Any:
         """A context for one backward: the gradients are synchronised over the processes when

@@ -51,7 +51,7 @@ def distribute(part: Any, runtime: Runtime, options: dict[str, Any]) -> None:
         ddp = nn.parallel.DistributedDataParallel(
             module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None, **options)
         part.set_forward(ddp, module)
-        part.no_sync = ddp.no_sync
+        part.wrapper, part.no_sync = ddp, ddp.no_sync
         return
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
