@@ -25,7 +25,7 @@ from nnh.stateful.objective import Objective
 from nnh.stateful.parts import Parts
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import rng_state, set_rng_state
-from nnh.stateful.runtime import Runtime
+from nnh.stateful.runtime import FlagExchange, Runtime
 from nnh.stateful.sharding import start_epoch
 
 __all__ = ["Fit", "fit", "validate", "predict", "dispatch"]
@@ -90,8 +90,8 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
     Under torch.distributed (`run.runtime`) every rank runs this function and all of them take
     each decision at the same point: the epoch logs are the sums of all ranks (one all-reduce
     per epoch), so callbacks see the same values everywhere; a stop or a preemption signal on
-    any rank is agreed at the closed accumulation windows (one window after it is raised, see
-    `Runtime.flag_exchange`) and at every epoch end; the non-finite skip is the same on every
+    any rank is agreed at closed accumulation windows (within about 0.2 s of training, see
+    `FlagExchange`) and at every epoch end; the non-finite skip is the same on every
     rank (`train_step`), and the warnings and the raise count skipped updates, read at the
     epoch end. Bars, logs and warnings are rank 0's; saves are collective (`run.save`).
     """
@@ -102,9 +102,10 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
     logs: dict[str, Any] = {"epochs": config.epochs, "start_epoch": start}
     dispatch(run.callbacks, "on_train_begin", logs)
     nonfinite_run = [0]
+    flags = runtime.flag_exchange()
     with run.preemption.guard(), _no_partial_window(parts):
         for epoch in range(start, final):
-            epoch_logs = _train_epoch(parts, config, run, epoch, final, nonfinite_run)
+            epoch_logs = _train_epoch(parts, config, run, epoch, final, nonfinite_run, flags)
             if epoch_logs is None:  # preempted in the middle of the epoch
                 run.preemption.save(run.save, run.autosaver.save_path, run.log, " mid-epoch")
                 progress.mid_epoch = None
@@ -174,7 +175,7 @@ def _epoch_batches(parts: Parts, run: Fit, epoch: int, loader: Any, sums: EpochS
 
 
 def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final: int,
-                 nonfinite_run: list[int]) -> dict[str, Any] | None:
+                 nonfinite_run: list[int], flags: FlagExchange) -> dict[str, Any] | None:
     model, opt, progress, runtime = parts.model, parts.optimization, parts.progress, run.runtime
     loader, device = run.train_loader, runtime.device
     validating = config.validates(epoch)
@@ -194,7 +195,6 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
     state = opt.require_state(model.module)
     sums = EpochSums(run.metrics)
     last_refresh = time.monotonic()
-    flags = runtime.flag_exchange()
     unchecked: list[tuple[int, bool]] = []
 
     def read(decide: bool = True) -> None:

@@ -9,6 +9,7 @@ same point. Code that must behave differently on other ranks asks the runtime, n
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -106,32 +107,52 @@ class Runtime:
 
 
 class FlagExchange:
-    """Flags agreed at every closed accumulation window without waiting for the network.
+    """Flags (stop, preempt) agreed at closed accumulation windows without waiting for the network.
 
-    In one process `exchange` returns the flags it is given. Under torch.distributed it starts
-    an asynchronous all-reduce (MAX) of this window's flags and returns the agreed flags of
-    the previous window, whose all-reduce has had a whole window to complete: every rank sees
-    the same values at the same window, one window after the first rank raised one.
+    In one process `exchange` returns the flags it is given. Under torch.distributed the flags
+    are exchanged at every `every`-th closed window: an all-reduce (MAX) of this rank's flags
+    is started without waiting and read at the next exchange, when it has long completed, so
+    every rank sees the same agreed flags at the same window (other windows return all False).
+    With the flags goes each rank's time since its previous exchange; from the slowest rank's,
+    every rank computes the same next `every`, about `PERIOD_S` of training: exchanging then
+    costs a fraction of a percent however short the windows are, and a flag raised on any rank
+    takes effect on all within about two periods. `PERIOD_S = 0` exchanges at every window.
     """
+
+    PERIOD_S = 0.2
+    MAX_EVERY = 10_000
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._pending: tuple[Any, torch.Tensor] | None = None
+        self.every = 1
+        self._since = 0  # windows since the last exchange
+        self._posted_at = time.monotonic()
+        self._pending: tuple[Any, torch.Tensor, int] | None = None
 
     def exchange(self, *flags: bool, post: bool = True) -> tuple[bool, ...]:
+        """The agreed flags at this closed window; `post=False` (the epoch's last window, which
+        `drain` follows) exchanges nothing."""
         if not self.runtime.distributed:
             return tuple(bool(f) for f in flags)
+        self._since += 1
+        if not post or self._since < self.every:
+            return (False,) * len(flags)
         agreed = self.drain(len(flags))
-        if post:
-            t = torch.tensor([float(bool(f)) for f in flags], dtype=torch.float32)
-            self._pending = (dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.runtime.group, async_op=True), t)
+        now = time.monotonic()
+        t = torch.tensor([float(bool(f)) for f in flags] + [now - self._posted_at], dtype=torch.float64)
+        work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.runtime.group, async_op=True)
+        self._pending, self._since, self._posted_at = (work, t, self._since), 0, now
         return agreed
 
     def drain(self, n: int) -> tuple[bool, ...]:
-        """The agreed flags of the exchange in flight (all False when none is)."""
+        """The agreed flags of the exchange in flight (all False when none is); every rank calls
+        it at the same point (the end of the epoch's batches)."""
         if self._pending is None:
             return (False,) * n
-        work, t = self._pending
+        work, t, windows = self._pending
         self._pending = None
         work.wait()
-        return tuple(bool(v) for v in t.tolist())
+        values = t.tolist()
+        per_window = values[n] / windows
+        self.every = max(1, min(self.MAX_EVERY, int(self.PERIOD_S / per_window))) if per_window > 0 else 1
+        return tuple(bool(v) for v in values[:n])

@@ -96,8 +96,8 @@ def test_decisions_taken_on_one_rank_are_taken_by_all(tmp_path):
     # A stop set on one rank stops both at the same epoch, or the same batch.
     assert r0["stop"] == r1["stop"]
     assert r0["stop"]["epoch_end"] == (2, 8)
-    # Set after batch 0 of epoch 1: agreed at the next closed window, after batch 1; the
-    # epoch ends there (it counts as done, as in one process).
+    # Set after batch 0 of epoch 1: agreed at the next exchange (the job exchanges at every
+    # window), after batch 1; the epoch ends there (it counts as done, as in one process).
     assert r0["stop"]["batch"] == (2, 4 + 2)
     assert r0["stop"]["early"] == 2
 
