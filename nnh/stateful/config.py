@@ -50,7 +50,8 @@ class TrainConfig:
         save_on_last_epoch: auto-save at the last epoch of this call (see `auto_save`).
         epoch_train_and_val_pbar: one bar per epoch covering training and validation.
         max_nonfinite_steps: a non-finite loss skips its window's update (a warning names
-            the batch); this many in a row raise a RuntimeError.
+            the batch); this many in a row raise a RuntimeError. Under torch.distributed
+            skipped updates are counted, at each epoch's end, on every rank alike.
         compile: run the whole step (forward, backward, optimizer update, EMA) as one
             `torch.compile(fullgraph=True)` graph, compiled once per handler and reused
             across epochs and calls; see `nnh.stateful.compiled`.

@@ -34,7 +34,7 @@ from nnh.stateful.parts import build_module, History, ModelPart, Optimization, P
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import seed_everything
 from nnh.stateful.sampler import Sampler, check_sampler, make_sampler
-from nnh.stateful.strategy import check_options, distribute
+from nnh.stateful.strategy import check_options, distribute, rewrapped
 
 __all__ = ["NNHandler"]
 
@@ -298,12 +298,11 @@ class NNHandler:
         self._parts.model.keep_in_eval(module, activate)
 
     def freeze_module(self, module: nn.Module, verbose: bool = False) -> None:
-        """Set `requires_grad=False` on every parameter of `module`."""
+        """Set `requires_grad=False` on every parameter of `module` (under DDP the model is
+        wrapped again, for the gradients it now synchronises)."""
         check_module("freeze_module", module)
-        n = 0
-        for p in module.parameters():
-            p.requires_grad_(False)
-            n += p.numel()
+        with rewrapped(self._parts.model, self._runtime, self._strategy_options):
+            n = sum(p.requires_grad_(False).numel() for p in module.parameters())
         if verbose:
             self._info(f"Froze {n} parameters of {type(module).__name__}.")
 

@@ -222,5 +222,7 @@ def _init_group(launch: Launch, device: torch.device, timeout: datetime.timedelt
 
 
 def _destroy_owned_group(group: Any) -> None:
+    # While the interpreter is whole: gloo's worker threads must not outlive it.
+    _CONTROL_GROUPS.clear()
     if dist.is_initialized() and dist.group.WORLD is group:
         dist.destroy_process_group()

@@ -16,6 +16,7 @@ Options: for "ddp", keyword arguments of `DistributedDataParallel` (e.g.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from nnh.stateful.runtime import Runtime
 
-__all__ = ["distribute", "check_options"]
+__all__ = ["distribute", "check_options", "rewrapped"]
 
 
 def check_options(strategy: str, options: Any) -> dict[str, Any]:
@@ -69,6 +70,24 @@ def distribute(part: Any, runtime: Runtime, options: dict[str, Any]) -> None:
     part.set_forward(module, module)
     part.no_sync = lambda: _fsdp_no_sync(module)
     part.reshard = lambda: _reshard(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def rewrapped(part: Any, runtime: Runtime, options: dict[str, Any]) -> Iterator[None]:
+    """For a change of `requires_grad` inside it. DDP reduces the gradients of the parameters
+    that required one when it was built, so it is built again after; FSDP cannot follow, which
+    is refused before anything changes."""
+    if runtime.strategy == "fsdp":
+        raise ValueError("freeze_module under strategy='fsdp': FSDP shards the parameters in the handler's "
+                         "constructor and cannot take a change of requires_grad after; freeze them in the "
+                         "model's __init__ instead.")
+    yield
+    if runtime.strategy == "ddp":
+        compiled = part.forward is not part.wrapper
+        distribute(part, runtime, options)
+        if compiled:
+            warnings.warn("freeze_module under DDP wraps the model again; call compile_model() again to compile "
+                          "the new wrapper.", UserWarning, stacklevel=4)
 
 
 def _selector(shard_modules: Any) -> Callable[[nn.Module], bool]:

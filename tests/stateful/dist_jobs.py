@@ -218,6 +218,14 @@ def decisions(rank: int, out: str) -> dict[str, Any]:
     result["final"] = {"weights": weights(resumed), "optimizer": resumed.optimizer.state_dict(),
                        "history": history(resumed), "rng": torch.get_rng_state()}
 
+    # A module frozen after the handler was built: DDP is built again for the rest.
+    fz = smooth_handler(8)
+    frozen = {k: v.clone() for k, v in fz.module.a.state_dict().items()}
+    fz.freeze_module(fz.module.a)
+    fz.train(1, progress_bar=False)
+    result["frozen"] = {"unchanged": all(torch.equal(v, fz.module.a.state_dict()[k]) for k, v in frozen.items()),
+                        "weights": weights(fz)}
+
     # A file saved by one process (the parent) loads under DDP.
     single = NNHandler.load(os.path.join(out, "single.pth"))
     result["single"] = {"weights": weights(single), "epoch": single.epoch, "model": type(single.model).__name__}
@@ -309,6 +317,11 @@ def fsdp(rank: int, out: str) -> dict[str, Any]:
     s.train(1, **FSDP_KW)
     result["from_single"]["continued"] = weights(s)
     result["shards"] = shard_checks(rank)
+    try:
+        s.freeze_module(s.module.a)
+        result["freeze"] = None
+    except ValueError as exc:
+        result["freeze"] = (str(exc), all(p.requires_grad for p in s.module.parameters()))
     return result
 
 

@@ -126,6 +126,10 @@ def test_decisions_taken_on_one_rank_are_taken_by_all(tmp_path):
     loaded.train(1, progress_bar=False)
     assert loaded.epoch == dist_jobs.TOTAL + 1
 
+    # freeze_module after construction: the frozen layer stays, the replicas agree.
+    assert r0["frozen"]["unchanged"] and r1["frozen"]["unchanged"]
+    assert all(torch.equal(v, r1["frozen"]["weights"][k]) for k, v in r0["frozen"]["weights"].items())
+
     # Saved by one process: loads under DDP on both ranks.
     for r in (r0, r1):
         assert r["single"]["model"] == "DistributedDataParallel" and r["single"]["epoch"] == 1
@@ -190,3 +194,5 @@ def test_fsdp_trains_as_ddp_and_its_checkpoints_reshard(tmp_path):
     assert shards["gated"] == {"SGD": (True, True), "AdamW": (True, True)}
     for r in (r0, r1):
         assert r["shards"]["inf_in_one_shard"] == {"stepped": False, "step": 0, "unchanged": True}
+        message, untouched = r["freeze"]
+        assert "freeze them in the model's __init__" in message and untouched  # refused before any change
