@@ -162,6 +162,7 @@ def train_step(
     max_grad_norm: float | None = None,
     ema_decay: float | None = None,
     skip_nonfinite: bool = False,
+    share_nonfinite: bool = False,
 ) -> tuple[TensorDict, TensorDict]:
     """One micro-batch of training: forward, loss, backward and, when `update`, the update.
 
@@ -209,6 +210,10 @@ def train_step(
         ema_decay: update `state["ema"]` with this decay after the optimizer update.
         skip_nonfinite: skip windows with a non-finite loss or gradient (the rule above).
             Under `torch.compile` only with SGD, Adam or AdamW.
+        share_nonfinite: with `skip_nonfinite`, a micro-batch whose loss is not finite
+            back-propagates NaN (its loss is multiplied by NaN, by 1.0 otherwise), so that its
+            gradients carry the flag: averaged over processes by DDP or reduce-scattered by
+            FSDP, they make every process skip the same window. For torch.distributed.
 
     Under `torch.compile` the gradients come from `torch.func.grad_and_value` over a
     functional call of the module (which traces into one graph); in eager mode from
@@ -245,10 +250,8 @@ def train_step(
         scaled = loss * n if accumulating else loss
         if scaler is not None:
             scaled = scaled * scaler["scale"]
-        if skip_nonfinite:
-            # A non-finite loss back-propagates NaN (x * 1.0 is x otherwise), so the gradients
-            # carry the flag: all-reduced by DDP or reduce-scattered by FSDP, they make every
-            # process skip the same window.
+        if skip_nonfinite and share_nonfinite:
+            # x * 1.0 is x: only a non-finite loss changes the gradients (to NaN).
             scaled = scaled * torch.where(torch.isfinite(loss), 1.0, float("nan"))
         # torch.func's aux must hold tensors only: leave a missing aux out, not as None.
         return scaled, (loss.detach(),) if aux is None else (loss.detach(), aux)

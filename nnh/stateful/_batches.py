@@ -67,11 +67,11 @@ class EpochSums:
         if not self._pending:
             return []
         values = []
+        zero = torch.zeros((), device=self._pending[0][2].device)
         for _, _, loss, flag, report, metrics in self._pending:
-            zero = torch.zeros((), device=loss.device)
             values.append(loss.detach().float().reshape(()))
             values.append(flag.float().reshape(()) if flag is not None else zero)
-            values.append(report.float().reshape(()) if report is not None else zero)
+            values.append(values[-1] if report is flag else report.float().reshape(()) if report is not None else zero)
             values.extend(torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach().reshape(())
                           for v in metrics)
         read = torch.stack(values).tolist()  # the host read

@@ -229,7 +229,8 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
         with model.gradient_sync(update):
             _, m = run.step(state, batch, module=model.module, loss_fn=run.objective.loss, optimizer=opt.optimizer,
                             forward=model.forward, micro_batch=i % k, update=update, amp_dtype=amp_dtype,
-                            max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True)
+                            max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True,
+                            share_nonfinite=runtime.distributed)
         loss = m["loss"]
         nonfinite = m["nonfinite"] if "nonfinite" in m.keys() else None
         values = []
