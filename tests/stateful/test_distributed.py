@@ -139,9 +139,10 @@ def test_decisions_taken_on_one_rank_are_taken_by_all(tmp_path):
 @pytest.mark.timeout(60)
 def test_a_rank_that_raises_ends_the_job_within_the_timeout(tmp_path):
     r0, r1 = run_ranks("tests.stateful.dist_jobs:one_rank_raises", tmp_path, check=False, timeout=45)
-    assert r1.returncode == 3 and "bad batch" in r1.stderr + r1.stdout or r1.returncode == 3
+    assert r1.returncode == 3  # rank 1 raised, then stayed silent until rank 0 had given up
     raised_at = float((tmp_path / "rank1_raised_at").read_text())
-    assert r0.data is not None and r0.data["error"] is not None  # rank 0 failed, it did not hang
+    # Rank 0 failed (it did not hang), on the timeout of the collective it was waiting in.
+    assert r0.data is not None and "timed out" in r0.data["error"].lower()
     waited = r0.data["failed_at"] - raised_at
     assert waited < dist_jobs.TIMEOUT_S + 6.0, f"rank 0 gave up {waited:.1f} s after rank 1 raised"
 
