@@ -32,6 +32,14 @@ from nnh.func.sde import VESDE
 from nnh.func.sde import SubVPSDE
 from nnh.func.score import denoising_score_matching
 from nnh.func.likelihood import bits_per_dim
+from nnh.utils.distributed import all_reduce_weighted_mean
+from nnh.utils.distributed import barrier
+from nnh.utils.distributed import gather_object
+from nnh.utils.distributed import get_local_rank
+from nnh.utils.distributed import get_rank
+from nnh.utils.distributed import get_world_size
+from nnh.utils.distributed import is_distributed
+from nnh.utils.distributed import on_rank
 
 __all__ = [
     "__version__",
@@ -66,4 +74,12 @@ __all__ = [
     "SubVPSDE",
     "denoising_score_matching",
     "bits_per_dim",
+    "all_reduce_weighted_mean",
+    "barrier",
+    "gather_object",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "on_rank",
 ]

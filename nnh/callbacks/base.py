@@ -49,6 +49,19 @@ class Callback(RecordsInit):
         """Attach to `handler`; `NNHandler.add_callback` calls this."""
         self.handler = handler
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and logs: rank 0 under torch.distributed (every
+        rank runs every hook, with the same epoch logs), always in one process."""
+        runtime = getattr(self.handler, "runtime", None)
+        return runtime is None or runtime.is_main
+
+    def _on_main(self, fn: Any) -> Any:
+        """`fn()` on rank 0 while the other ranks wait (a raise there is raised everywhere);
+        simply `fn()` in one process."""
+        runtime = getattr(self.handler, "runtime", None)
+        return fn() if runtime is None else runtime.on_main(fn)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The callback's state: tensors and plain Python values only (a checkpoint is read with
@@ -99,7 +112,8 @@ class Callback(RecordsInit):
     # ------------------------------------------------------------------ helpers
     def _info(self, msg: str) -> None:
         # The handler's logger when it has one, else the "nnh.callbacks" logger; never print.
-        (getattr(self.handler, "logger", None) or _log).info(msg)
+        if self.is_main:
+            (getattr(self.handler, "logger", None) or _log).info(msg)
 
     def __repr__(self) -> str:
         args = [repr(a) for a in self.init_args] + [f"{k}={v!r}" for k, v in self.init_kwargs.items()]

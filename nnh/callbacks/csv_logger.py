@@ -34,6 +34,8 @@ class CSVLogger(Callback):
       (atomically) with the new column, left empty in the earlier rows. A key missing from a
       row leaves its cell empty. The file is thus always a valid CSV with one header.
 
+    Under torch.distributed rank 0 writes the file (the logs are the same on every rank).
+
     Args:
         path: the CSV file; its folder is created as needed.
     """
@@ -48,7 +50,7 @@ class CSVLogger(Callback):
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         start = int(logs.get("start_epoch", 0))
         self._fieldnames = None
-        if start == 0 or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+        if not self.is_main or start == 0 or not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             return
         fieldnames, rows = self._read()
         if "epoch" not in fieldnames:
@@ -60,6 +62,8 @@ class CSVLogger(Callback):
         self._fieldnames = fieldnames
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         row = {key: _cell(value) for key, value in logs.items()}
         if self._fieldnames is None or not os.path.exists(self.path):
             self._fieldnames = list(row)

@@ -9,6 +9,7 @@ import torch
 
 from nnh.callbacks._monitor import check_mode, improves, monitored_value, worst
 from nnh.callbacks.base import Callback
+from nnh.stateful.shard_state import full_state_dict, load_full_state_dict
 
 __all__ = ["EarlyStopping"]
 
@@ -74,8 +75,9 @@ class EarlyStopping(Callback):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
                 # A CPU copy: keeping a second set of weights on the GPU could exhaust its memory.
+                # Whole tensors: a sharded (FSDP) module is gathered on every rank.
                 self.best_weights = {k: v.detach().to("cpu", copy=True)
-                                     for k, v in self.handler.module.state_dict().items()}
+                                     for k, v in full_state_dict(self.handler.module).items()}
             return
         self.wait += 1
         if self.wait < self.patience:
@@ -86,7 +88,7 @@ class EarlyStopping(Callback):
             self._info(f"EarlyStopping: stopping after epoch {epoch + 1}: {self.monitor} has not improved on "
                        f"{self.best:.6g} (epoch {self.best_epoch + 1}) for {self.wait} checked epochs.")
         if self.restore_best_weights and self.best_weights is not None:
-            self.handler.module.load_state_dict(self.best_weights)
+            load_full_state_dict(self.handler.module, self.best_weights)
             if self.verbose:
                 self._info(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}.")
 

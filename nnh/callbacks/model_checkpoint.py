@@ -9,6 +9,7 @@ from typing import Any
 from nnh.callbacks._monitor import check_mode, improves, monitored_value, worst
 from nnh.callbacks.base import Callback
 from nnh.func.checkpoint import atomic_save
+from nnh.stateful.shard_state import full_state_dict
 
 __all__ = ["ModelCheckpoint"]
 
@@ -40,6 +41,10 @@ class ModelCheckpoint(Callback):
 
     Writes are atomic: a run killed mid-save leaves the previous file intact. Files written
     under earlier names are kept; use a name without ``{epoch}`` to keep only one.
+
+    Under torch.distributed every rank runs it with the same logs, so all agree on when to
+    save; `handler.save` is collective, and weights alone are gathered (FSDP) and written by
+    rank 0 while the others wait.
     """
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", mode: str = "min",
@@ -102,7 +107,8 @@ class ModelCheckpoint(Callback):
 
     def _save(self, epoch: int, path: str) -> None:
         if self.save_weights_only:
-            atomic_save(self.handler.module.state_dict(), path)
+            weights = full_state_dict(self.handler.module, everywhere=False)
+            self._on_main(lambda: atomic_save(weights, path))
         else:
             self.handler.save(path)
         self.last_path = path

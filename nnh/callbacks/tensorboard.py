@@ -36,7 +36,7 @@ class TensorBoardLogger(Callback):
 
     The writer opens at `on_train_begin`, is flushed at every epoch end and closed at
     `on_train_end`; a later `train` call (or a resumed run) adds a new event file to the same
-    folder, which TensorBoard shows as one run.
+    folder, which TensorBoard shows as one run. Under torch.distributed only rank 0 writes.
 
     Args:
         log_dir: the folder for the event files.
@@ -54,10 +54,12 @@ class TensorBoardLogger(Callback):
         self.writer: Any = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
-        if self.writer is None:
+        if self.writer is None and self.is_main:
             self.writer = self._writer_class(log_dir=self.log_dir)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         if self.writer is None:
             self.writer = self._writer_class(log_dir=self.log_dir)
         for key, value in logs.items():

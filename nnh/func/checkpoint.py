@@ -195,6 +195,15 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _is_zip(path: str) -> bool:
+    # is_zipfile raises BadZipFile itself for some damaged end records (e.g. a changed
+    # "number of this disk" field) instead of answering False.
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:
+        return False
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: Any = None, *, verify: bool = True) -> Any:
     """Read a file written by `atomic_save`/`torch.save` with `weights_only=True`.
 
@@ -218,7 +227,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None, *, verify
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"The checkpoint {path!r} is empty (0 bytes); it was never written "
                               "completely. Load an earlier checkpoint.")
-    if not zipfile.is_zipfile(path):
+    if not _is_zip(path):
         raise CheckpointError(f"{path!r} is not a torch checkpoint: it is no zip archive (truncated, a file "
                               "of another format, or torch.save's legacy format, which nnh does not read).")
     try:

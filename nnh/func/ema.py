@@ -8,6 +8,8 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 
+from nnh.func.shards import local_shards
+
 __all__ = ["ema_update", "init_ema", "ema_source"]
 
 
@@ -24,7 +26,8 @@ def ema_update(ema: TensorDict, params: Mapping[str, Any], decay: float | Tensor
     and decay = 1 leaves `ema` unchanged, which gates the update on the device. Runs under
     `torch.compile(fullgraph=True)`.
     """
-    targets, sources = _leaves(ema), _leaves(params)
+    # Element-wise: sharded leaves (FSDP) are updated shard by shard.
+    targets, sources = local_shards(_leaves(ema)), local_shards(_leaves(params))
     if len(targets) != len(sources):
         raise ValueError(f"ema_update: ema has {len(targets)} leaves but params has {len(sources)}; "
                          "build both from the same module (init_ema, ema_source).")

@@ -10,6 +10,9 @@ scheduler acting on that optimizer acts on these updates too), and the per-param
 kept in `optimizer.state[p]` in the layout `torch.optim` uses, so `optimizer.state_dict()`
 stays valid. Any other optimizer class is stepped through its own `step()`: correct, but a
 graph break under `torch.compile`.
+
+Sharded parameters (DTensors, FSDP) are updated shard by shard (`nnh.func.shards`): the
+updates are element-wise, so each process's shards get exactly what the whole tensor would.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from nnh.func.shards import local_shards
 
 __all__ = ["has_functional_update", "init_optimizer_state", "optimizer_update"]
 
@@ -119,8 +124,10 @@ def _gate(ok: Tensor | None, value: float | Tensor, identity: float, like: Tenso
 
 def _grads(group: dict, params: list[Tensor], ok: Tensor | None, coupled_wd: bool = True) -> list[Tensor]:
     """The gradients the update uses: negated under `maximize`, plus wd * p for coupled
-    weight decay, and zero where `ok` is False (a non-finite gradient must not reach state)."""
-    grads = [p.grad for p in params]
+    weight decay, and zero where `ok` is False (a non-finite gradient must not reach state).
+    `params` are the parameters themselves (their `.grad`), maybe DTensors; the result is local."""
+    grads = local_shards([p.grad for p in params])
+    params = local_shards(params)
     if group.get("maximize", False):
         grads = torch._foreach_neg(grads)
     wd = group["weight_decay"]
@@ -142,8 +149,9 @@ def _sgd(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], st
     x for every x, signed zeros included) and d is multiplied by 0."""
     lr, momentum = group["lr"], group["momentum"]
     grads = _grads(group, params, ok)
+    bufs = local_shards([optimizer.state[p]["momentum_buffer"] for p in params]) if momentum != 0 else []
+    params = local_shards(params)
     if momentum != 0:
-        bufs = [optimizer.state[p]["momentum_buffer"] for p in params]
         started = (step > 0).to(params[0].dtype)
         # At step 0 torch sets the buffer to the gradient itself: momentum * 0-buffer would
         # give the same only without dampening, so both factors switch on `started`.
@@ -175,10 +183,11 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], s
     beta1, beta2 = group["betas"]
     decoupled = decoupled or group.get("decoupled_weight_decay", False)
     states = [optimizer.state[p] for p in params]
-    steps = [s["step"] for s in states]
-    exp_avgs = [s["exp_avg"] for s in states]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     grads = _grads(group, params, ok, coupled_wd=not decoupled)
+    params = local_shards(params)
+    steps = [s["step"] for s in states]
+    exp_avgs = local_shards([s["exp_avg"] for s in states])
+    exp_avg_sqs = local_shards([s["exp_avg_sq"] for s in states])
     p0 = params[0]
 
     if ok is None:
@@ -214,7 +223,7 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], s
     bias_correction2_sqrt = _gate(ok, bias_correction2_sqrt, 1.0, p0)
     neg_step_size = _gate(ok, -lr / bias_correction1, 0.0, p0)
     if group["amsgrad"]:
-        max_sqs = [s["max_exp_avg_sq"] for s in states]
+        max_sqs = local_shards([s["max_exp_avg_sq"] for s in states])
         torch._foreach_maximum_(max_sqs, exp_avg_sqs)
         denom = torch._foreach_sqrt(max_sqs)
     else:

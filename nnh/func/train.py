@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from nnh.func.amp import unscale_grads, update_scale
 from nnh.func.ema import ema_update, init_ema
 from nnh.func.optim import has_functional_update, init_optimizer_state, optimizer_update
+from nnh.func.shards import is_sharded, local_shards, sum_over_shards
 
 __all__ = ["init_train_state", "train_step", "clip_grad_norm", "batch_size_of", "LossFn"]
 
@@ -119,13 +120,30 @@ def batch_size_of(batch: Any) -> int:
 
 def clip_grad_norm(grads: list[Tensor], max_norm: float) -> Tensor:
     """Scale `grads` in place so their global L2 norm is at most `max_norm`; return the norm
-    before clipping. coef = min(1, max_norm / (norm + 1e-6)); no host sync."""
+    before clipping. coef = min(1, max_norm / (norm + 1e-6)); no host sync.
+
+    Sharded gradients (DTensors, FSDP) are clipped to the norm of the whole gradient, over
+    every process's shards (one all-reduce); each process scales its own shards."""
     if not grads:
         return torch.zeros(())
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    sharded = next((g for g in grads if is_sharded(g)), None)
+    local = local_shards(grads)
+    if sharded is None:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local)))
+    else:
+        norm = sum_over_shards(_squared_norm(local), sharded).sqrt().reshape(())
+    _scale_to_norm(local, norm, max_norm)
+    return norm
+
+
+def _squared_norm(tensors: list[Tensor]) -> Tensor:
+    """float32 (1,): the squared L2 norm of all `tensors` together."""
+    return torch.stack(torch._foreach_norm(tensors)).float().square().sum().reshape(1)
+
+
+def _scale_to_norm(grads: list[Tensor], norm: Tensor, max_norm: float) -> None:
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     torch._foreach_mul_(grads, coef.to(grads[0].dtype))
-    return norm
 
 
 def _split(out: Any) -> tuple[Tensor, Any]:
@@ -148,6 +166,7 @@ def train_step(
     max_grad_norm: float | None = None,
     ema_decay: float | None = None,
     skip_nonfinite: bool = False,
+    share_nonfinite: bool = False,
 ) -> tuple[TensorDict, TensorDict]:
     """One micro-batch of training: forward, loss, backward and, when `update`, the update.
 
@@ -195,6 +214,10 @@ def train_step(
         ema_decay: update `state["ema"]` with this decay after the optimizer update.
         skip_nonfinite: skip windows with a non-finite loss or gradient (the rule above).
             Under `torch.compile` only with SGD, Adam or AdamW.
+        share_nonfinite: with `skip_nonfinite`, a micro-batch whose loss is not finite
+            back-propagates NaN (its loss is multiplied by NaN, by 1.0 otherwise), so that its
+            gradients carry the flag: averaged over processes by DDP or reduce-scattered by
+            FSDP, they make every process skip the same window. For torch.distributed.
 
     Under `torch.compile` the gradients come from `torch.func.grad_and_value` over a
     functional call of the module (which traces into one graph); in eager mode from
@@ -231,6 +254,9 @@ def train_step(
         scaled = loss * n if accumulating else loss
         if scaler is not None:
             scaled = scaled * scaler["scale"]
+        if skip_nonfinite and share_nonfinite:
+            # x * 1.0 is x: only a non-finite loss changes the gradients (to NaN).
+            scaled = scaled * torch.where(torch.isfinite(loss), 1.0, float("nan"))
         return scaled, (loss.detach(), aux)
 
     params = state["params"]
@@ -310,7 +336,10 @@ def _apply_update(
     metrics: dict[str, Tensor],
 ) -> Tensor:
     params = state["params"]
-    grads = [p.grad for p in params.values() if p.grad is not None]
+    all_grads = [p.grad for p in params.values() if p.grad is not None]
+    # FSDP: each process works on its shards; the flags and the norm are summed over them.
+    sharded = next((g for g in all_grads if is_sharded(g)), None)
+    grads = local_shards(all_grads)
     if accumulating and grads:
         torch._foreach_div_(grads, state["acc_samples"])
     scaler, step = state.get("scaler", None), state["step"]
@@ -321,7 +350,13 @@ def _apply_update(
         if found_inf is None:
             found_inf = _nonfinite_grads(grads, step.device)
         found_inf = torch.maximum(found_inf, state["acc_nonfinite"].to(found_inf.dtype))
-    if max_grad_norm is not None:
+    if sharded is not None:
+        scaler_inf, found_inf, squared = _over_shards(sharded, scaler_inf, found_inf,
+                                                      _squared_norm(grads) if max_grad_norm is not None else None)
+        if max_grad_norm is not None:
+            metrics["grad_norm"] = squared.sqrt().reshape(())
+            _scale_to_norm(grads, metrics["grad_norm"], max_grad_norm)
+    elif max_grad_norm is not None:
         metrics["grad_norm"] = clip_grad_norm(grads, max_grad_norm)
     if found_inf is not None and step.device.type == "cpu" and not torch.compiler.is_compiling():
         # On the CPU nothing runs ahead of the host, so reading the flag costs nothing, and
@@ -357,6 +392,16 @@ def _apply_update(
         update_scale(scaler, scaler_inf)
     _zero_grads(params)
     return stepped
+
+
+def _over_shards(like: Tensor, *values: Tensor | None) -> list[Tensor | None]:
+    """The skip flags (1 where any process's shards found one) and the squared norm, summed
+    over the processes holding the shards of `like`, in one all-reduce."""
+    present = [v.reshape(1).float() for v in values if v is not None]
+    total = iter(sum_over_shards(torch.cat(present), like).unbind())
+    out = [None if v is None else next(total).reshape(1) for v in values]
+    flags = len(values) - 1  # the last value is the norm; the others are flags
+    return [None if v is None else (v if j == flags else (v > 0).float()) for j, v in enumerate(out)]
 
 
 def _nonfinite_grads(grads: list[Tensor], device: torch.device) -> Tensor:

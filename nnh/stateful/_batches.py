@@ -42,7 +42,11 @@ class EpochSums:
     `add` only keeps the batch's device tensors; `flush` reads everything added since the
     last flush in one host transfer (the loop's only host read of the loss: once per
     progress-bar refresh and at the epoch's end). A batch flagged non-finite counts in
-    neither the loss nor the metrics, and `flush` returns the indices of such batches.
+    neither the loss nor the metrics. `flush` returns, for each batch added with a `report`
+    flag (by default its non-finite flag), whether that flag was set.
+
+    Under torch.distributed each rank sums its own batches; `totals` and `set_totals` carry
+    the sums through the epoch's one all-reduce.
     """
 
     def __init__(self, metric_names: Any = ()) -> None:
@@ -51,32 +55,37 @@ class EpochSums:
         self.count = 0
         self.metric_totals = {name: 0.0 for name in self.names}
         self.metric_counts = {name: 0 for name in self.names}
-        self._pending: list[tuple[int, int, Tensor, Tensor | None, list[Any]]] = []
+        self._pending: list[tuple[int, int, Tensor, Tensor | None, Tensor | None, list[Any]]] = []
 
-    def add(self, index: int, loss: Tensor, n: int, nonfinite: Tensor | None, metric_values: list[Any]) -> None:
-        self._pending.append((index, n, loss, nonfinite, metric_values))
+    def add(self, index: int, loss: Tensor, n: int, nonfinite: Tensor | None, metric_values: list[Any],
+            report: Tensor | None | bool = True) -> None:
+        """`report`: True reports `nonfinite`, None reports nothing, a tensor reports itself."""
+        self._pending.append((index, n, loss, nonfinite, nonfinite if report is True else report, metric_values))
 
     def flush(self) -> list[tuple[int, bool]]:
-        """Fold the pending batches into the sums; return (index, non-finite) per batch, in order."""
+        """Fold the pending batches into the sums; return (index, flag) per reporting batch, in order."""
         if not self._pending:
             return []
         values = []
-        for _, _, loss, flag, metrics in self._pending:
+        zero = torch.zeros((), device=self._pending[0][2].device)
+        for _, _, loss, flag, report, metrics in self._pending:
             values.append(loss.detach().float().reshape(()))
-            values.append(flag.float().reshape(()) if flag is not None else torch.zeros((), device=loss.device))
+            values.append(flag.float().reshape(()) if flag is not None else zero)
+            values.append(values[-1] if report is flag else report.float().reshape(()) if report is not None else zero)
             values.extend(torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach().reshape(())
                           for v in metrics)
         read = torch.stack(values).tolist()  # the host read
-        width = 2 + len(self.names)
+        width = 3 + len(self.names)
         flags = []
-        for j, (index, n, _, _, metrics) in enumerate(self._pending):
+        for j, (index, n, _, _, report, metrics) in enumerate(self._pending):
             row = read[j * width:(j + 1) * width]
-            flags.append((index, bool(row[1])))
+            if report is not None:
+                flags.append((index, bool(row[2])))
             if row[1]:
                 continue
             self.total += row[0] * n
             self.count += n
-            for name, v in zip(self.names, row[2:2 + len(metrics)]):
+            for name, v in zip(self.names, row[3:3 + len(metrics)]):
                 self.metric_totals[name] += v * n
                 self.metric_counts[name] += n
         self._pending = []
@@ -94,6 +103,17 @@ class EpochSums:
         return {"loss": {"total": self.total, "count": self.count},
                 "metrics": {name: {"total": self.metric_totals[name], "count": self.metric_counts[name]}
                             for name in self.names}}
+
+    def totals(self) -> list[float]:
+        """The flushed sums as one list (loss total and count, then each metric's)."""
+        return [self.total, self.count, *(x for name in self.names
+                                          for x in (self.metric_totals[name], self.metric_counts[name]))]
+
+    def set_totals(self, values: list[float]) -> None:
+        """Set the sums from a list laid out as `totals` returns it (e.g. summed over ranks)."""
+        self.total, self.count = values[0], int(values[1])
+        for j, name in enumerate(self.names):
+            self.metric_totals[name], self.metric_counts[name] = values[2 + 2 * j], int(values[3 + 2 * j])
 
     def load(self, state: dict[str, Any]) -> None:
         self.total, self.count = float(state["loss"]["total"]), int(state["loss"]["count"])

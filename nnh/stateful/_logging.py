@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 
 from nnh.stateful.enums import LoggingMode
@@ -26,6 +27,7 @@ def make_logger(mode: LoggingMode | str | None, filename: str, level: int) -> lo
     if mode in (LoggingMode.CONSOLE, LoggingMode.BOTH):
         sinks.append(logging.StreamHandler(sys.stderr))
     if mode in (LoggingMode.FILE, LoggingMode.BOTH):
+        os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
         sinks.append(logging.FileHandler(filename))
     for sink in sinks:
         sink.setFormatter(formatter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import string
 from typing import Any, Callable, Iterable
 
@@ -49,7 +50,9 @@ class AutoSaver:
         return (self.interval > 0 and (epoch + 1) % self.interval == 0) or (
             last and (save_on_last_epoch or self.interval == -1))
 
-    def save_now(self, epoch: int, logs: dict[str, Any], save: Callable[[str], None]) -> None:
+    def save_now(self, epoch: int, logs: dict[str, Any], save: Callable[[str], None], main: bool = True) -> None:
+        """Save through `save` (under torch.distributed every rank calls this: `save` is
+        collective); only the `main` process removes the previous auto-save."""
         filename = self.name.format(**{**logs, "epoch": epoch + 1})
         if not filename.endswith(".pth"):
             filename += ".pth"
@@ -57,10 +60,10 @@ class AutoSaver:
         save(path)
         previous = self.last_saved
         # The new file is complete (atomic_save) before the previous one goes.
-        if (self.overwrite and previous and os.path.abspath(previous) != os.path.abspath(path)
+        if (main and self.overwrite and previous and os.path.abspath(previous) != os.path.abspath(path)
                 and not (self.loaded_from and os.path.abspath(previous) == os.path.abspath(self.loaded_from))
                 and os.path.exists(previous)):
-            os.remove(previous)
+            shutil.rmtree(previous) if os.path.isdir(previous) else os.remove(previous)  # FSDP: a folder
         # Only files written with overwrite on are candidates for removal later: turning it on
         # mid-run must not delete an auto-save that was meant to stay.
         self.last_saved = path if self.overwrite else None

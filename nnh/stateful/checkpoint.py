@@ -6,6 +6,7 @@ constructor and setters and loads each part. Neither touches private attributes.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
@@ -18,6 +19,7 @@ from nnh.func.checkpoint import (
     CHECKSUM_KEY,
     FORMAT_VERSION,
     CheckpointError,
+    atomic_save,
     Unstorable,
     add_checksum,
     decode_value,
@@ -34,12 +36,29 @@ from nnh.stateful.provided import check_provided, how_to_provide, provided_slots
 from nnh.stateful.weights import MAGIC, check_header, load_weights
 from nnh.stateful.rng import rng_state, set_rng_state
 from nnh.stateful.sampler import call_sampler_load
+from nnh.stateful.shard_state import shard_like, shard_like_module, shard_optimizer_state
 
 
 
-def handler_checkpoint(handler: Any) -> dict[str, Any]:
+def save_handler(handler: Any, path: str | os.PathLike) -> None:
+    """`NNHandler.save`: one process writes `handler_checkpoint` atomically. Under DDP every
+    rank calls it; rank 0 writes (with every rank's RNG state, so each resumes its own
+    streams) and the others wait; an error on rank 0 is raised on every rank. Under FSDP
+    the shards go to a folder (`nnh.stateful.sharded_checkpoint`)."""
+    runtime = handler.runtime
+    if runtime.sharded:
+        from nnh.stateful.sharded_checkpoint import save_sharded
+
+        return save_sharded(handler, path)
+    rngs = runtime.gather(rng_state())
+    runtime.on_main(lambda: atomic_save(handler_checkpoint(handler, rngs), path))
+
+
+def handler_checkpoint(handler: Any, rng_ranks: list[Any] | None = None, tensors: bool = True) -> dict[str, Any]:
     """The checkpoint dict of `handler` (what `NNHandler.save` writes), sealed with a checksum
-    (`nnh.func.checkpoint.add_checksum`).
+    (`nnh.func.checkpoint.add_checksum`). `rng_ranks`: every rank's RNG state, kept when
+    there is more than one. `tensors=False` leaves out the model weights, the optimizer's
+    per-parameter state and the EMA (saved elsewhere, as shards).
 
     Raises TypeError, before anything is written, for a value a weights_only load would
     refuse: e.g. a module whose ``get_extra_state()`` returns an arbitrary object."""
@@ -55,6 +74,7 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
 
     state = opt.require_state(model.module)
     extra = {k: v for k, v in state_to_dict(state).items() if k not in ("params", "buffers", "optim")}
+    sharded = {"ema": extra.pop("ema", None) is not None} if not tensors else None
     ckpt: dict[str, Any] = {
         "format": MAGIC,
         "format_version": FORMAT_VERSION,
@@ -66,7 +86,7 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
             "type": handler.model_type.value,
             "code": _model_code(model.model_class) if model.save_code else None,
         },
-        "model_state_dict": model.state_dict(),
+        "model_state_dict": model.state_dict() if tensors else {},
         "train_state": extra,
         "optimizer": None,
         "scheduler": None,
@@ -88,11 +108,16 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
                     for which, (loader, spec) in handler.loader_specs.items()},
         "rng": rng_state(),
         "resume": parts.progress.mid_epoch,
+        "strategy": handler.runtime.strategy,
     }
+    if sharded is not None:
+        ckpt["sharded"] = sharded  # which tensors the shards hold
+    if rng_ranks is not None and len(rng_ranks) > 1:
+        ckpt["rng_ranks"] = rng_ranks
     if opt.optimizer is not None:
         cls, kwargs = opt.optimizer_spec
         ckpt["optimizer"] = {"class": enc(cls, "optimizer_class"), "kwargs": enc(kwargs, "optimizer_kwargs"),
-                             "state_dict": opt.optimizer.state_dict()}
+                             "state_dict": _optimizer_state_dict(opt.optimizer, tensors)}
     if opt.scheduler is not None:
         spec = opt.scheduler_spec
         ckpt["scheduler"] = {"class": enc(spec.scheduler_class, "scheduler_class"),
@@ -119,6 +144,11 @@ def handler_checkpoint(handler: Any) -> dict[str, Any]:
         return add_checksum(ckpt)
     except Unstorable as exc:
         raise _unstorable_error(exc, model.module) from None
+
+
+def _optimizer_state_dict(optimizer: torch.optim.Optimizer, tensors: bool) -> dict[str, Any]:
+    sd = optimizer.state_dict()
+    return sd if tensors else {"state": {}, "param_groups": sd["param_groups"]}
 
 
 def _unstorable_error(exc: Unstorable, module: torch.nn.Module) -> TypeError:
@@ -149,7 +179,7 @@ def _model_code(model_class: type) -> str | None:
 def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device | None = None,
                  strict_load: bool = False, skip_optimizer: bool = False, skip_scheduler: bool = False,
                  skip_history: bool = False, skip_callbacks: bool = False, skip_sampler_sde: bool = False,
-                 skip_ema: bool = False, **provided: Any) -> Any:
+                 skip_ema: bool = False, strategy: str | None = None, **provided: Any) -> Any:
     """Rebuild a handler from a file written by `save`.
 
     Objects the checkpoint recorded by name only are passed in by keyword: `model_class`,
@@ -166,9 +196,19 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     Data loaders are not part of a checkpoint: set them again with `set_train_loader` /
     `set_val_loader`. Then `train(total - handler.epoch)` continues exactly, also from a
     mid-epoch preemption checkpoint (a `seed=` passed again is ignored: see `train`).
+
+    Under torch.distributed every rank loads the file onto its own device, with the saved
+    `strategy` unless another is given; each rank takes up its own RNG state when the file
+    was saved by as many ranks. A folder saved under FSDP loads with any number of processes
+    (`nnh.stateful.sharded_checkpoint`), and a file saved by one process loads under FSDP.
     """
     path = os.fspath(path)
     provided = check_provided(provided)
+    flags = (strict_load, skip_optimizer, skip_scheduler, skip_history, skip_callbacks, skip_sampler_sde, skip_ema)
+    if os.path.isdir(path):
+        from nnh.stateful.sharded_checkpoint import load_sharded
+
+        return load_sharded(cls, path, device, flags, strategy, provided)
     ckpt = read_checkpoint(path, map_location="cpu", verify=False)
     # The tensor data is verified in a thread while the handler is built from the (verified)
     # rest; the handler is returned, and the global RNG state set, only once it has passed.
@@ -178,20 +218,29 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
                         else lambda: None)
     try:
         check_header(ckpt, path)
-        handler = _build_handler(cls, ckpt, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history,
-                                 skip_callbacks, skip_sampler_sde, skip_ema, provided)
+        handler = _build_handler(cls, ckpt, path, device, *flags, provided, strategy)
     except BaseException:
         tensors_verified()  # a changed tensor explains a failure better than the failure does
         raise
     tensors_verified()
-    set_rng_state(ckpt["rng"])
+    set_handler_rng(handler, ckpt)
     return handler
+
+
+def set_handler_rng(handler: Any, ckpt: dict[str, Any]) -> None:
+    """The saved global RNG state: this rank's own when the file holds one per rank of a
+    world this size, else the saving process's (rank 0's)."""
+    runtime, rngs = handler.runtime, ckpt.get("rng_ranks")
+    set_rng_state(rngs[runtime.rank] if rngs and len(rngs) == runtime.world_size else ckpt["rng"])
 
 
 def _build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, strict_load: bool,
                    skip_optimizer: bool, skip_scheduler: bool, skip_history: bool, skip_callbacks: bool,
-                   skip_sampler_sde: bool, skip_ema: bool, provided: dict[str, Any]) -> Any:
-    """The body of `load_handler`: everything but reading, verifying and the RNG state."""
+                   skip_sampler_sde: bool, skip_ema: bool, provided: dict[str, Any], strategy: str | None = None,
+                   tensors: bool = True) -> Any:
+    """The body of `load_handler`: everything but reading, verifying and the RNG state.
+    `tensors=False`: the file holds no weights, optimizer state or EMA (they are loaded
+    after, from shards); the model is built and initialised for real."""
     slots = provided_slots(provided)
     needs: list = []
     bindings: dict[str, Any] = {}
@@ -234,21 +283,24 @@ def _build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, stri
         device = ckpt["device"] if (not ckpt["device"].startswith("cuda") or torch.cuda.is_available()) else "cpu"
     def build() -> Any:
         return cls(model_class, device=device, model_type=ckpt["model"]["type"],
-                   save_model_code=ckpt["model"]["code"] is not None, **model_kwargs)
+                   save_model_code=ckpt["model"]["code"] is not None,
+                   strategy=strategy or ckpt.get("strategy") or "ddp", **model_kwargs)
 
     # The model is built on the meta device and takes the file's tensors as they are: no
     # random initialisation, no copy (1.0x of torch.load in benchmarks/checkpoint.py). A
-    # model those tensors do not define completely is built and loaded the ordinary way.
-    with deferred_init():
+    # model those tensors do not define completely is built and loaded the ordinary way, and
+    # so is one wrapped for torch.distributed (never on the meta device).
+    with deferred_init() if tensors else contextlib.nullcontext():
         handler = build()
     weights = ckpt["model_state_dict"]
-    materialized = materialize(handler.module, weights, handler.device)
-    if not materialized:
+    materialized = tensors and materialize(handler.module, weights, handler.device)
+    if tensors and not materialized and any(p.is_meta for p in handler.module.parameters()):
         handler = build()
     parts = handler.parts
     module, optimization = parts.model.module, parts.optimization
     bindings["handler.module"] = module
-    missing, unexpected = ([], []) if materialized else load_weights(module, weights, strict_load, path)
+    weights = shard_like_module(module, weights)
+    missing, unexpected = ([], []) if materialized or not tensors else load_weights(module, weights, strict_load, path)
 
     if use_opt and (missing or unexpected):
         # The optimizer state is matched to parameters by position: with other keys it
@@ -268,6 +320,7 @@ def _build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, stri
         # lr to its starting value (LinearLR, LambdaLR, OneCycleLR...), and the saved
         # param_groups put the lr of the moment of saving back.
         optimization.optimizer.load_state_dict(opt["state_dict"])
+        shard_optimizer_state(optimization.optimizer)
         if use_sch:
             optimization.scheduler.load_state_dict(sch["state_dict"])
         # load_state_dict made new state tensors: rebuild the state's view of them.
@@ -322,7 +375,7 @@ def _load_train_state(optimization: Any, module: Any, extra: dict[str, Any], ski
         ema = init_ema(module)
         for key, value in extra["ema"].items():
             if key in ema.keys():
-                ema[key].copy_(value)
+                ema[key].copy_(shard_like(value, ema[key]))
         state["ema"] = ema
 
 

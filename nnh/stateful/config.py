@@ -50,7 +50,8 @@ class TrainConfig:
         save_on_last_epoch: auto-save at the last epoch of this call (see `auto_save`).
         epoch_train_and_val_pbar: one bar per epoch covering training and validation.
         max_nonfinite_steps: a non-finite loss skips its window's update (a warning names
-            the batch); this many in a row raise a RuntimeError.
+            the batch); this many in a row raise a RuntimeError. Under torch.distributed
+            skipped updates are counted, at each epoch's end, on every rank alike.
         compile: run the whole step (forward, backward, optimizer update, EMA) as one
             `torch.compile(fullgraph=True)` graph, compiled once per handler and reused
             across epochs and calls; see `nnh.stateful.compiled`.
@@ -120,8 +121,20 @@ class TrainConfig:
         return self.validate_every > 0 and (epoch + 1) % self.validate_every == 0
 
 
-def check_ready(config: TrainConfig, optimizer: Any, loss_fn: Any, train_loader: Any, val_loader: Any) -> None:
-    """Refuse a `train` call that lacks a part it needs, naming the setter to call."""
+def check_ready(config: TrainConfig, optimizer: Any, loss_fn: Any, train_loader: Any, val_loader: Any,
+                runtime: Any = None, resume: dict[str, Any] | None = None) -> None:
+    """Refuse a `train` call that lacks a part it needs, naming the setter to call, or that
+    cannot run under this torch.distributed world."""
+    world = 1 if runtime is None else runtime.world_size
+    if runtime is not None and runtime.distributed and config.compile:
+        raise ValueError("train(compile=True) compiles the step around the plain module, which would bypass the "
+                         f"{runtime.strategy.upper()} gradient synchronisation; under torch.distributed use "
+                         "handler.compile_model() (compiles the forward) and train(compile=False).")
+    if resume is not None and resume.get("world_size", 1) != world:
+        raise ValueError(f"train: this handler resumes a checkpoint saved in the middle of an epoch by "
+                         f"{resume.get('world_size', 1)} process(es), whose batch order belongs to that world size; "
+                         f"it is running with {world}. Relaunch with {resume.get('world_size', 1)} process(es) to "
+                         "finish that epoch exactly.")
     if optimizer is None:
         raise RuntimeError("train needs an optimizer: call handler.set_optimizer(torch.optim.Adam, lr=1e-3) first.")
     if loss_fn is None:

@@ -142,14 +142,21 @@ def _is_plain_tensor_dataset(dataset: Any) -> bool:
             and all(t.layout == torch.strided and not t.is_nested for t in dataset.tensors))
 
 
-def make_loader(which: str, dataset: Any, loader_kwargs: dict[str, Any]) -> DataLoader:
+def make_loader(which: str, dataset: Any, loader_kwargs: dict[str, Any], runtime: Any = None) -> DataLoader:
     """The loader for `NNHandler.set_{which}_loader(dataset, **loader_kwargs)`: a ready
-    DataLoader as it is (with no kwargs), or `build_loader` over a dataset."""
+    DataLoader as it is (with no kwargs), or `build_loader` over a dataset, with this rank's
+    `ShardSampler` under torch.distributed (`nnh.stateful.sharding`)."""
+    from nnh.stateful.sharding import shard_kwargs, warn_unsharded
+
     if isinstance(dataset, DataLoader):
         if loader_kwargs:
             raise ValueError(f"set_{which}_loader got a ready DataLoader and loader kwargs {sorted(loader_kwargs)}; "
                              "pass either a Dataset with kwargs or the DataLoader alone.")
+        if runtime is not None and runtime.distributed and not isinstance(dataset.dataset, IterableDataset):
+            warn_unsharded(which, dataset.sampler)
         return dataset
     if not hasattr(dataset, "__getitem__") and not hasattr(dataset, "__iter__"):
         raise TypeError(f"set_{which}_loader expects a Dataset or DataLoader, got {type(dataset).__name__}.")
+    if runtime is not None:
+        loader_kwargs = shard_kwargs(which, dataset, loader_kwargs, runtime)
     return build_loader(dataset, **loader_kwargs)

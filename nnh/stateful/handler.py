@@ -7,6 +7,7 @@ The handler is the seed API (constructor, `set_*`, properties) over explicit par
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import logging
 import os
@@ -18,7 +19,6 @@ from tensordict import TensorDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nnh.func.checkpoint import atomic_save
 from nnh.stateful import checkpoint, loop, reporting, score_based, weights
 from nnh.stateful._logging import make_logger
 from nnh.stateful.checks import (build_optimizer_checked, check_dataset, check_device, check_flag,
@@ -28,12 +28,13 @@ from nnh.stateful.compiled import StepRunner
 from nnh.stateful.config import TrainConfig, check_metric, check_ready
 from nnh.stateful.data import make_loader
 from nnh.stateful.enums import LoggingMode, ModelType
+from nnh.stateful.launch import check_strategy, check_timeout, setup_runtime
 from nnh.stateful.objective import LossSpec
 from nnh.stateful.parts import build_module, History, ModelPart, Optimization, Parts, Progress
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import seed_everything
-from nnh.stateful.runtime import Runtime
 from nnh.stateful.sampler import Sampler, check_sampler, make_sampler
+from nnh.stateful.strategy import check_options, distribute, rewrapped
 
 __all__ = ["NNHandler"]
 
@@ -54,15 +55,13 @@ class NNHandler:
                  logger_mode: LoggingMode | str | None = None, logger_filename: str = "NNHandler.log",
                  logger_level: int = logging.INFO, save_model_code: bool = False,
                  model_type: ModelType | str = ModelType.CLASSIFICATION, use_distributed: bool | None = None,
-                 **model_kwargs: Any) -> None:
+                 strategy: str = "ddp", strategy_options: dict[str, Any] | None = None,
+                 process_group_timeout: float | datetime.timedelta | None = None, **model_kwargs: Any) -> None:
         check_flag("NNHandler", "use_distributed", use_distributed, allow_none=True)
-        if use_distributed:
-            raise NotImplementedError(
-                "NNHandler(use_distributed=True): distributed training is not part of this "
-                "nnh release; run without use_distributed (one process)."
-            )
-        self._runtime = Runtime(check_device(device))
-        self._logger = make_logger(logger_mode, logger_filename, check_logger_level(logger_level))
+        self._strategy_options = check_options(check_strategy(strategy), strategy_options)
+        level, timeout = check_logger_level(logger_level), check_timeout(process_group_timeout)
+        self._runtime = setup_runtime(use_distributed, check_device(device), strategy, timeout)  # docs/distributed.md
+        self._logger = make_logger(logger_mode, logger_filename, level) if self._runtime.is_main else None
         self._model_type = ModelType.from_string(model_type)
         self._parts: Parts | None = None
         self._optimization = Optimization()
@@ -81,11 +80,11 @@ class NNHandler:
 
     # ------------------------------------------------------------------ properties
     device = property(lambda self: self._runtime.device)
-    runtime = property(lambda self: self._runtime, doc="Device, rank and world size of this process.")
+    runtime = property(lambda self: self._runtime, doc="Device, rank, world size and collectives of this process.")
     _rank = property(lambda self: self._runtime.rank)
     parts = property(lambda self: self._parts, doc="The model, optimization, progress and history parts.")
     logger = property(lambda self: self._logger)
-    model = property(lambda self: self._parts.model.forward, doc="The model as run (maybe a torch.compile wrapper).")
+    model = property(lambda self: self._parts.model.forward, doc="The model as trained (maybe a DDP or torch.compile wrapper).")
     model_type = property(lambda self: self._model_type)
     optimizer = property(lambda self: self._optimization.optimizer)
     scheduler = property(lambda self: self._optimization.scheduler)
@@ -149,10 +148,11 @@ class NNHandler:
         if "model_kwargs" in model_kwargs and isinstance(model_kwargs["model_kwargs"], dict):
             # Accept NNHandler(Net, model_kwargs={...}) as well as NNHandler(Net, **kwargs).
             model_kwargs = {**model_kwargs.pop("model_kwargs"), **model_kwargs}
-        module = build_module(model_class, model_kwargs, self.device)
+        module = build_module(model_class, model_kwargs, self.device, allow_meta=not self._runtime.distributed)
         if model_type is not None:
             self._model_type = ModelType.from_string(model_type)
         part = ModelPart(module, model_class, model_kwargs, bool(save_model_code))
+        distribute(part, self._runtime, self._strategy_options)
         self._parts = Parts(part, self._optimization, self._progress, self._history)
         self._optimization.state = None
         self._steps = StepRunner()
@@ -188,12 +188,12 @@ class NNHandler:
         whole batches at once where the dataset allows, see `nnh.stateful.data`) or a ready
         DataLoader."""
         check_dataset("train", dataset)
-        self._loaders["train"] = (make_loader("train", dataset, loader_kwargs), dict(loader_kwargs))
+        self._loaders["train"] = (make_loader("train", dataset, loader_kwargs, self._runtime), dict(loader_kwargs))
 
     def set_val_loader(self, dataset: Dataset | DataLoader, **loader_kwargs: Any) -> None:
         """Validation data, as `set_train_loader`."""
         check_dataset("val", dataset)
-        self._loaders["val"] = (make_loader("val", dataset, loader_kwargs), dict(loader_kwargs))
+        self._loaders["val"] = (make_loader("val", dataset, loader_kwargs, self._runtime), dict(loader_kwargs))
 
     def add_metric(self, name: str, metric_fn: Callable) -> None:
         """Track `metric_fn(output, targets) -> number` per epoch (sample-weighted mean)."""
@@ -235,9 +235,7 @@ class NNHandler:
             raise RuntimeError("get_samples needs a sampler; call handler.set_sampler(...) first.")
         if not isinstance(N, int) or isinstance(N, bool) or N <= 0:
             raise ValueError(f"get_samples: N={N!r} must be a positive int.")
-        if not self._runtime.is_main:
-            return None  # sampling runs on rank 0 only
-        return self._sampler.sample(N, torch.device(device) if device is not None else self.device)
+        return self._runtime.main_result(lambda: self._sampler.sample(N, torch.device(device or self.device)))
 
     # Score-based models (`nnh.stateful.score_based`); sample(N=...) reaches the custom sampler.
     score = score_based.score
@@ -262,7 +260,8 @@ class NNHandler:
         amp_dtype = config.amp_dtype(self.device)
         if epochs == 0:
             return
-        check_ready(config, self.optimizer, self._loss.fn, self.train_loader, self.val_loader)
+        check_ready(config, self.optimizer, self._loss.fn, self.train_loader, self.val_loader, self._runtime,
+                    self._progress.resume)
         objective = self._loss.objective(self._model_type, self._sde, self.device)
         if self._progress.starts_with_seed(seed):
             self.seed = seed
@@ -285,10 +284,11 @@ class NNHandler:
         if log:
             self._info(f"Model set to {'eval' if activate else 'train'} mode.")
 
-    def predict(self, data_loader: DataLoader, apply_ema: bool = True) -> list[Any]:
+    def predict(self, data_loader: DataLoader, apply_ema: bool = True) -> list[Any] | None:
         """Per-batch model outputs (detached) over `data_loader`, with the EMA weights when
-        `apply_ema` and an EMA exists. The raw weights are restored afterwards."""
-        return loop.predict(self._parts, data_loader, self.device, apply_ema)
+        `apply_ema` and an EMA exists. Under torch.distributed rank 0 returns every rank's, in
+        dataset order (`nnh.stateful.sharding`), the others None."""
+        return loop.predict(self._parts, data_loader, self._runtime, apply_ema)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -296,20 +296,14 @@ class NNHandler:
     def keep_eval_on_module(self, module: nn.Module, activate: bool = True) -> None:
         """Keep `module` in eval mode (e.g. frozen BatchNorm statistics) even during training;
         `activate=False` unregisters it."""
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"keep_eval_on_module expects an nn.Module, got {type(module).__name__}.")
-        part = self._parts.model
-        part.keep_eval = [m for m in part.keep_eval if m is not module] + ([module] if activate else [])
-        if activate:
-            module.eval()
+        self._parts.model.keep_in_eval(module, activate)
 
     def freeze_module(self, module: nn.Module, verbose: bool = False) -> None:
-        """Set `requires_grad=False` on every parameter of `module`."""
+        """Set `requires_grad=False` on every parameter of `module` (under DDP the model is
+        wrapped again, for the gradients it now synchronises)."""
         check_module("freeze_module", module)
-        n = 0
-        for p in module.parameters():
-            p.requires_grad_(False)
-            n += p.numel()
+        with rewrapped(self._parts.model, self._runtime, self._strategy_options):
+            n = sum(p.requires_grad_(False).numel() for p in module.parameters())
         if verbose:
             self._info(f"Froze {n} parameters of {type(module).__name__}.")
 
@@ -319,8 +313,8 @@ class NNHandler:
     def compile_model(self, **kwargs: Any) -> None:
         """Run the model's forward through `torch.compile(**kwargs)`. `handler.module` and
         state_dict keys stay those of the plain module. `train(compile=True)` compiles the
-        whole step instead."""
-        self._parts.model.forward = torch.compile(self.module, **kwargs)
+        whole step instead. Under DDP the wrapper is compiled for training."""
+        self._parts.model.compile(**kwargs)
 
     def ensure_ema(self) -> TensorDict:
         """The EMA weights, created from the current weights if there are none yet."""
@@ -333,20 +327,22 @@ class NNHandler:
         The file holds tensors and plain values only (`torch.load(weights_only=True)` reads
         it). Classes and functions are stored as import paths; one that cannot be imported
         again (a lambda, a class from ``__main__``) is recorded by name with a warning, and
-        `NNHandler.load` then needs it passed in.
+        `NNHandler.load` then needs it passed in. Under torch.distributed every rank calls it
+        (rank 0 writes; under FSDP `path` is a folder of shards: docs/distributed.md).
         """
-        atomic_save(checkpoint.handler_checkpoint(self), path)
+        checkpoint.save_handler(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None, strict_load: bool = False,
              skip_optimizer: bool = False, skip_scheduler: bool = False, skip_history: bool = False,
              skip_callbacks: bool = False, skip_sampler_sde: bool = False, skip_ema: bool = False,
-             **provided: Any) -> "NNHandler":
+             strategy: str | None = None, **provided: Any) -> "NNHandler":
         """Rebuild a handler from a file written by `save`; see `nnh.stateful.checkpoint.load_handler`
         for the keywords that supply objects recorded by name, `strict_load` and the `skip_*`
-        flags. Set the data loaders again, then `train(total - handler.epoch)` continues exactly."""
+        flags. Set the data loaders again, then `train(total - handler.epoch)` continues exactly.
+        Under torch.distributed every rank loads (`strategy`: the saved one by default)."""
         return checkpoint.load_handler(cls, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history,
-                                       skip_callbacks, skip_sampler_sde, skip_ema, **provided)
+                                       skip_callbacks, skip_sampler_sde, skip_ema, strategy, **provided)
 
     @classmethod
     def initialize_from_checkpoint(cls, checkpoint_path: str | os.PathLike, model_class: type, model_type: Any = None,
@@ -385,16 +381,19 @@ class NNHandler:
 
     # ------------------------------------------------------------------ reporting
     def plot_losses(self, log_y_scale: bool = False, save_path: str | None = None) -> Figure:
-        """Training and validation loss per epoch (PNG at `save_path`); returns the Figure."""
-        return reporting.plot_losses(self._history, log_y_scale, save_path)
+        """Training and validation loss per epoch (PNG at `save_path`); returns the Figure (None
+        on ranks other than 0)."""
+        return reporting.plot_losses(self._history, log_y_scale, save_path) if self._runtime.is_main else None
 
     def plot_metrics(self, log_y_scale: bool = False, save_path_prefix: str | None = None) -> dict[str, Figure]:
-        """One figure per metric; with `save_path_prefix`, saved as `{prefix}_{name}.png`."""
-        return reporting.plot_metrics(self._history, list(self._metrics), log_y_scale, save_path_prefix)
+        """One figure per metric; with `save_path_prefix`, saved as `{prefix}_{name}.png` (rank 0)."""
+        return (reporting.plot_metrics(self._history, list(self._metrics), log_y_scale, save_path_prefix)
+                if self._runtime.is_main else None)
 
     def print(self, show_model_structure: bool = False) -> str:
         """A summary of the handler's configuration and history."""
         return reporting.summary(self, show_model_structure)
 
     def _info(self, msg: str) -> None:
-        (self._logger or _log).info(msg)
+        if self._runtime.is_main:
+            (self._logger or _log).info(msg)

@@ -7,25 +7,26 @@ the `Runtime`, the savers) and never see `NNHandler`.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from nnh.func.train import batch_size_of, train_step
-from nnh.stateful._batches import EpochSums, len_or_none, to_device, unpack_batch
+from nnh.stateful._batches import EpochSums, len_or_none, to_device
 from nnh.stateful.autosave import AutoSaver
 from nnh.stateful.config import TrainConfig
+from nnh.stateful.evaluation import (dispatch, metric_values, output_of, predict, reduce_sums, validate,
+                                     val_logs, validation_sums)
 from nnh.stateful.objective import Objective
 from nnh.stateful.parts import Parts
 from nnh.stateful.preemption import Preemption
 from nnh.stateful.rng import rng_state, set_rng_state
-from nnh.stateful.runtime import Runtime
+from nnh.stateful.runtime import FlagExchange, Runtime
+from nnh.stateful.sharding import start_epoch
 
 __all__ = ["Fit", "fit", "validate", "predict", "dispatch"]
 
@@ -68,6 +69,7 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
                 on_val_begin({})
                 for i, batch in enumerate(validation data):
                     on_val_batch_begin(i, {"size"}); forward; on_val_batch_end(i, {"val_loss", "size"})
+                (sums of every rank added: one all-reduce per epoch under torch.distributed)
                 on_val_end({"val_loss", "val_<metric>", ...})
             scheduler step (per-epoch schedulers)
             history += logs; epochs done = epoch + 1
@@ -84,32 +86,44 @@ def fit(parts: Parts, config: TrainConfig, run: Fit) -> None:
     skipped by `train_step` without a host read. The flags are read with the running loss
     (once per refresh and at the epoch's end): each flagged batch gets a warning, and
     `max_nonfinite_steps` flagged batches in a row raise a RuntimeError.
+
+    Under torch.distributed (`run.runtime`) every rank runs this function and all of them take
+    each decision at the same point: the epoch logs are the sums of all ranks (one all-reduce
+    per epoch), so callbacks see the same values everywhere; a stop or a preemption signal on
+    any rank is agreed at closed accumulation windows (within about 0.2 s of training, see
+    `FlagExchange`) and at every epoch end; the non-finite skip is the same on every
+    rank (`train_step`), and the warnings and the raise count skipped updates, read at the
+    epoch end. Bars, logs and warnings are rank 0's; saves are collective (`run.save`).
     """
-    progress = parts.progress
+    progress, runtime = parts.progress, run.runtime
     progress.stop_training = False
     start = progress.epoch
     final = start + config.epochs
     logs: dict[str, Any] = {"epochs": config.epochs, "start_epoch": start}
     dispatch(run.callbacks, "on_train_begin", logs)
     nonfinite_run = [0]
+    flags = runtime.flag_exchange()
     with run.preemption.guard(), _no_partial_window(parts):
         for epoch in range(start, final):
-            epoch_logs = _train_epoch(parts, config, run, epoch, final, nonfinite_run)
+            epoch_logs = _train_epoch(parts, config, run, epoch, final, nonfinite_run, flags)
             if epoch_logs is None:  # preempted in the middle of the epoch
                 run.preemption.save(run.save, run.autosaver.save_path, run.log, " mid-epoch")
                 progress.mid_epoch = None
                 break
             logs = epoch_logs
+            # A stop or a signal seen by any rank (until now) ends every rank's run here.
+            progress.stop_training, run.preemption.requested = runtime.agree(progress.stop_training,
+                                                                              run.preemption.requested)
             stopping = progress.stop_training or run.preemption.requested
             if run.preemption.requested:
                 # An auto-save due by the interval still happens; the preemption checkpoint is
                 # the one to resume from.
                 if run.autosaver.due(epoch, last=False, save_on_last_epoch=False):
-                    run.autosaver.save_now(epoch, logs, run.save)
+                    run.autosaver.save_now(epoch, logs, run.save, runtime.is_main)
                 run.preemption.save(run.save, run.autosaver.save_path, run.log, "")
             elif run.autosaver.due(epoch, last=epoch == final - 1 or stopping,
                                    save_on_last_epoch=config.save_on_last_epoch):
-                run.autosaver.save_now(epoch, logs, run.save)
+                run.autosaver.save_now(epoch, logs, run.save, runtime.is_main)
             if stopping:
                 break
     dispatch(run.callbacks, "on_train_end", logs)
@@ -133,13 +147,15 @@ def _no_partial_window(parts: Parts) -> Iterator[None]:
         raise
 
 
-def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tuple[Iterator[Any], int]:
+def _epoch_batches(parts: Parts, run: Fit, epoch: int, loader: Any, sums: EpochSums) -> tuple[Iterator[Any], int]:
     """The epoch's batch iterator and the index of its first batch.
 
     The RNG state at the epoch's start is kept (a shuffling loader draws its order from it
     when iterated). Resuming a mid-epoch checkpoint replays that state to rebuild the same
     order, skips the batches already trained, and then goes on with the RNG state of the
-    moment it stopped, so the run continues exactly.
+    moment it stopped, so the run continues exactly. (A `DistributedSampler` orders by its
+    seed and `set_epoch` instead; the replay keeps the rest of the RNG streams exact.) The
+    saved sums are those of all ranks, so rank 0 alone takes them up.
     """
     progress = parts.progress
     resume, progress.resume = progress.resume, None
@@ -151,24 +167,25 @@ def _epoch_batches(parts: Parts, epoch: int, loader: Any, sums: EpochSums) -> tu
         for _ in range(resume["batches_done"]):
             next(it)
         set_rng_state(now)
-        sums.load({"loss": resume["loss"], "metrics": resume["metrics"]})
+        if run.runtime.is_main:
+            sums.load({"loss": resume["loss"], "metrics": resume["metrics"]})
         return it, resume["batches_done"]
     progress.epoch_rng = rng_state()
     return iter(loader), 0
 
 
 def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final: int,
-                 nonfinite_run: list[int]) -> dict[str, Any] | None:
-    model, opt, progress = parts.model, parts.optimization, parts.progress
-    loader, device = run.train_loader, run.runtime.device
+                 nonfinite_run: list[int], flags: FlagExchange) -> dict[str, Any] | None:
+    model, opt, progress, runtime = parts.model, parts.optimization, parts.progress, run.runtime
+    loader, device = run.train_loader, runtime.device
     validating = config.validates(epoch)
-    if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    start_epoch(loader, epoch, progress.seed)
     n_train = len_or_none(loader)
     n_val = len_or_none(run.val_loader) if validating else 0
     joint = config.epoch_train_and_val_pbar and n_train is not None and n_val is not None
+    shown = config.progress_bar and runtime.is_main
     bar = tqdm(total=(n_train + n_val) if joint else n_train, desc=f"Epoch {epoch + 1}/{final}",
-               disable=not (config.progress_bar and run.runtime.is_main), leave=False, dynamic_ncols=True)
+               disable=not shown, leave=False, dynamic_ncols=True)
     dispatch(run.callbacks, "on_epoch_begin", epoch, {})
 
     model.set_mode(True)
@@ -178,75 +195,100 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
     state = opt.require_state(model.module)
     sums = EpochSums(run.metrics)
     last_refresh = time.monotonic()
+    unchecked: list[tuple[int, bool]] = []
 
-    def read() -> None:
-        # The host read of the epoch so far: a warning per non-finite batch, and the raise.
-        for i, bad in sums.flush():
+    def read(decide: bool = True) -> None:
+        # The host read of the epoch so far; then a warning per non-finite batch, and the raise.
+        # Under torch.distributed the flags (skipped updates, the same on every rank) are
+        # decided on at points every rank reaches together, never at a rank's bar refresh.
+        unchecked.extend(sums.flush())
+        if not decide:
+            return
+        for i, bad in unchecked:
             nonfinite_run[0] = nonfinite_run[0] + 1 if bad else 0
             if not bad:
                 continue
-            warnings.warn(f"NNHandler.train: non-finite loss at epoch {epoch}, batch {i}; the update of its "
-                          "accumulation window was skipped and its gradients dropped.", RuntimeWarning, stacklevel=4)
+            if runtime.is_main:
+                warnings.warn(f"NNHandler.train: non-finite loss at epoch {epoch}, batch {i}; the update of its "
+                              "accumulation window was skipped and its gradients dropped"
+                              + (" on every rank." if runtime.distributed else "."), RuntimeWarning, stacklevel=4)
             if nonfinite_run[0] >= config.max_nonfinite_steps:
                 bar.close()
                 raise RuntimeError(
                     f"NNHandler.train: {nonfinite_run[0]} non-finite losses in a row (last at epoch {epoch}, "
                     f"batch {i}); lower the learning rate, clip gradients, or check the data.")
+        unchecked.clear()
 
-    batches, first = _epoch_batches(parts, epoch, loader, sums)
+    batches, first = _epoch_batches(parts, run, epoch, loader, sums)
     for i, batch in enumerate(batches, start=first):
         batch = to_device(batch, device)
         n = batch_size_of(batch)
         dispatch(run.callbacks, "on_train_batch_begin", i, {"size": n})
-        update = i % k == k - 1 or (n_train is not None and i == n_train - 1)
-        _, m = run.step(state, batch, module=model.module, loss_fn=run.objective.loss, optimizer=opt.optimizer,
-                        forward=model.forward, micro_batch=i % k, update=update, amp_dtype=amp_dtype,
-                        max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True)
+        last = n_train is not None and i == n_train - 1
+        update = i % k == k - 1 or last
+        with model.gradient_sync(update):
+            _, m = run.step(state, batch, module=model.module, loss_fn=run.objective.loss, optimizer=opt.optimizer,
+                            forward=model.forward, micro_batch=i % k, update=update, amp_dtype=amp_dtype,
+                            max_grad_norm=config.gradient_clipping_norm, ema_decay=ema, skip_nonfinite=True,
+                            share_nonfinite=runtime.distributed)
         loss = m["loss"]
         nonfinite = m["nonfinite"] if "nonfinite" in m.keys() else None
         values = []
         if run.metrics:
-            output, target = _output_of(m), run.objective.metric_target(batch)
-            values = _metric_values(run.metrics, output, target)
-        sums.add(i, loss, n, nonfinite, values)
+            output, target = output_of(m), run.objective.metric_target(batch)
+            values = metric_values(run.metrics, output, target)
+        # One process reports each non-finite micro-batch; under torch.distributed each
+        # skipped update, which every rank knows alike (a micro-batch's flag is its rank's).
+        report = True if not runtime.distributed else (~m["stepped"] if update else None)
+        sums.add(i, loss, n, nonfinite, values, report)
         if update and opt.steps_per_batch:
             opt.scheduler.step()  # per window closed, skipped or not (the skip is on the device)
         dispatch(run.callbacks, "on_train_batch_end", i, {"loss": loss, "size": n})
         bar.update(1)
-        refresh = config.progress_bar and time.monotonic() - last_refresh >= _REFRESH_EVERY_S
+        refresh = shown and time.monotonic() - last_refresh >= _REFRESH_EVERY_S
         debug = config.debug_print_interval and (i + 1) % config.debug_print_interval == 0
         if refresh or debug:
-            read()
+            read(decide=bool(debug) or not runtime.distributed)
             if refresh:
                 bar.set_postfix(loss=f"{sums.loss():.4g}")
                 last_refresh = time.monotonic()
             if debug:
                 run.log(f"epoch {epoch + 1} batch {i + 1}: running loss {sums.loss():.6g}")
-        if run.preemption.requested and update and (n_train is None or i < n_train - 1):
-            # Stop at a closed accumulation window and keep what resuming needs.
+        if update:
+            stop, preempted = flags.exchange(progress.stop_training, run.preemption.requested, post=not last)
+            progress.stop_training |= stop
+            run.preemption.requested |= preempted
+        else:  # between windows only one process stops (a rank cannot leave its window alone)
+            stop, preempted = progress.stop_training and not runtime.distributed, False
+        if preempted and not last:
+            # Stop at a closed accumulation window and keep what resuming needs: the sums of
+            # every rank, written by rank 0.
             read()
             bar.close()
+            _agree_buffers(parts, runtime)
+            sums.set_totals(runtime.sum(sums.totals()))
             progress.mid_epoch = {"epoch": epoch, "batches_done": i + 1, "epoch_rng": progress.epoch_rng,
-                                  **sums.state()}
+                                  "world_size": runtime.world_size, **sums.state()}
             return None
-        if progress.stop_training:
+        if stop:
             break
+    flags.drain(2)
     read()
+    _agree_buffers(parts, runtime)
 
-    logs: dict[str, Any] = {"epoch": epoch, "loss": sums.loss()}
-    if config.progress_bar:
-        bar.set_postfix(loss=f"{logs['loss']:.4g}")
-    for name in run.metrics:
-        logs[name] = sums.metric(name)
-    val_logs = {"val_loss": math.nan, **{f"val_{name}": math.nan for name in run.metrics}}
+    val_sums = None
     if validating:  # a preemption in the last batch still completes its epoch
         val_bar = bar if joint else tqdm(total=n_val, desc=f"Validation {epoch + 1}", leave=False, dynamic_ncols=True,
-                                         disable=not (config.progress_bar and run.runtime.is_main))
-        val_logs = validate(parts, run, amp_dtype, apply_ema=True, bar=val_bar)
+                                         disable=not shown)
+        val_sums = validation_sums(parts, run, amp_dtype, apply_ema=True, bar=val_bar)
         if val_bar is not bar:
             val_bar.close()
+    reduce_sums(runtime, sums, val_sums)  # the epoch's one all-reduce
+    logs: dict[str, Any] = {"epoch": epoch, "loss": sums.loss(), **{name: sums.metric(name) for name in run.metrics}}
+    if shown:
+        bar.set_postfix(loss=f"{logs['loss']:.4g}")
     bar.close()
-    logs.update(val_logs)
+    logs.update(val_logs(run, val_sums))
     if opt.optimizer is not None:
         logs["lr"] = opt.lr()
     opt.step_epoch_scheduler(logs, validating, config.validate_every)
@@ -258,87 +300,14 @@ def _train_epoch(parts: Parts, config: TrainConfig, run: Fit, epoch: int, final:
     return logs
 
 
-@torch.no_grad()
-def validate(parts: Parts, run: Fit, amp_dtype: torch.dtype | None, apply_ema: bool, bar: Any = None) -> dict[str, float]:
-    """Sample-weighted validation loss and metrics, with the EMA weights when `apply_ema`
-    and an EMA exists."""
-    model = parts.model
-    dispatch(run.callbacks, "on_val_begin", {})
-    sums = EpochSums(run.metrics)
-    device = run.runtime.device
-    with model.evaluating(parts.optimization.ema() if apply_ema else None):
-        for i, batch in enumerate(run.val_loader):
-            batch = to_device(batch, device)
-            n = batch_size_of(batch)
-            dispatch(run.callbacks, "on_val_batch_begin", i, {"size": n})
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, output = run.objective.loss(model.forward, batch)
-            loss = loss.detach().float()
-            values = []
-            if run.metrics:
-                target = run.objective.metric_target(batch)
-                values = _metric_values(run.metrics, output, target)
-            sums.add(i, loss, n, None, values)
-            dispatch(run.callbacks, "on_val_batch_end", i, {"val_loss": loss, "size": n})
-            if bar is not None:
-                bar.update(1)
-    sums.flush()
-    logs = {"val_loss": sums.loss(), **{f"val_{name}": sums.metric(name) for name in run.metrics}}
-    dispatch(run.callbacks, "on_val_end", logs)
-    return logs
-
-
-@torch.no_grad()
-def predict(parts: Parts, data_loader: Any, device: torch.device, apply_ema: bool = True) -> list[Any]:
-    """Per-batch model outputs (detached) over `data_loader`, with the EMA weights when
-    `apply_ema` and an EMA exists."""
-    model = parts.model
-    outputs = []
-    with model.evaluating(parts.optimization.ema() if apply_ema else None):
-        for batch in data_loader:
-            inputs, _, args, kwargs = unpack_batch(to_device(batch, device))
-            out = model.forward(inputs, *args, **kwargs)
-            outputs.append(out.detach() if isinstance(out, Tensor) else out)
-    return outputs
-
-
-def _metric_values(metrics: dict[str, Callable], output: Any, target: Any) -> list[Any]:
-    """Each metric's value for one batch; an error names the metric it came from."""
-    values = []
-    for name, fn in metrics.items():
-        try:
-            value = fn(output, target)
-        except Exception as exc:
-            raise _named(exc, f"metric {name!r} raised {type(exc).__name__}: {exc}") from exc
-        if isinstance(value, Tensor) and value.numel() != 1:
-            raise ValueError(f"metric {name!r} returned a tensor of shape {tuple(value.shape)}; a metric "
-                             "returns one number per batch (e.g. end with .mean()).")
-        if not isinstance(value, (Tensor, int, float)) or isinstance(value, bool):
-            raise TypeError(f"metric {name!r} returned {type(value).__name__}; a metric returns a number or "
-                            "a one-element tensor.")
-        values.append(value)
-    return values
-
-
-def _named(exc: Exception, message: str) -> Exception:
-    """`exc`'s type with `message` (a RuntimeError when that type takes other arguments)."""
-    try:
-        return type(exc)(message)
-    except Exception:
-        return RuntimeError(message)
-
-
-def _output_of(metrics: Any) -> Any:
-    """The model output `train_step` returned: a tensor, or a tuple/dict kept as non-tensor data."""
-    if "output" not in metrics.keys():
-        return None
-    value = metrics.get("output")
-    return value if isinstance(value, Tensor) else metrics.get_non_tensor("output")
-
-
-def dispatch(callbacks: list[Any], hook: str, *args: Any) -> None:
-    """Call `hook(*args)` on every callback that has it, in order."""
-    for cb in callbacks:
-        method = getattr(cb, hook, None)
-        if method is not None:
-            method(*args)
+def _agree_buffers(parts: Parts, runtime: Runtime) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) and their EMA. Each rank's last
+    forward updated its own, while DDP broadcasts rank 0's before every forward anyway: taken
+    at the epoch's end (and before a mid-epoch checkpoint), they make validation, the EMA and
+    the checkpoint the same on every rank."""
+    if not runtime.distributed:
+        return
+    buffers = dict(parts.model.module.named_buffers())
+    ema = parts.optimization.ema()
+    averaged = [ema[n] for n in buffers if n in ema.keys()] if ema is not None else []
+    runtime.broadcast_tensors(list(buffers.values()) + averaged)

@@ -20,6 +20,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from nnh.func.ema import ema_source, init_ema
+from nnh.func.shards import local_shards
 from nnh.func.train import init_train_state
 
 __all__ = ["build_module", "deferred_init", "ModelPart", "Optimization", "SchedulerSpec", "Progress", "History", "Parts"]
@@ -41,9 +42,10 @@ def deferred_init() -> Iterator[None]:
         _DEFER_INIT.reset(token)
 
 
-def build_module(model_class: type, kwargs: dict[str, Any], device: torch.device) -> nn.Module:
-    """`model_class(**kwargs)` on `device`; on the meta device inside `deferred_init`."""
-    if _DEFER_INIT.get():
+def build_module(model_class: type, kwargs: dict[str, Any], device: torch.device, allow_meta: bool = True) -> nn.Module:
+    """`model_class(**kwargs)` on `device`; on the meta device inside `deferred_init` when
+    `allow_meta` (a module to be wrapped for torch.distributed is built for real)."""
+    if _DEFER_INIT.get() and allow_meta:
         with torch.device("meta"):
             return model_class(**kwargs)
     return model_class(**kwargs).to(device)
@@ -51,10 +53,13 @@ def build_module(model_class: type, kwargs: dict[str, Any], device: torch.device
 
 def materialize(module: nn.Module, weights: dict[str, torch.Tensor], device: torch.device) -> bool:
     """Give a meta-device `module` the tensors of `weights` (`load_state_dict(assign=True)`,
-    no copy) and move it to `device`. Only when that leaves nothing undefined: every
+    no copy) and move it to `device`. Only for a module on the meta device (a real one, e.g.
+    wrapped for torch.distributed, keeps its tensors), and only when that leaves nothing undefined: every
     parameter and buffer has a weight of its shape, no buffer is non-persistent, and no
     parameter is shared between two names (assign would untie it). Returns False, with the
     module untouched, otherwise."""
+    if not all(p.is_meta for p in module.parameters()):
+        return False
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
         return False  # extra state (get_extra_state) is no tensor to take over
     named = dict(module.named_parameters(remove_duplicate=False))
@@ -73,17 +78,50 @@ def materialize(module: nn.Module, weights: dict[str, torch.Tensor], device: tor
 
 
 class ModelPart:
-    """The plain module, the callable the forward runs (`forward`: the module itself or a
-    `torch.compile` wrapper sharing its parameters) and the modules kept in eval mode."""
+    """The plain module, the callables the forward runs and the modules kept in eval mode.
+
+    `forward` trains (the module itself, a DDP wrapper, or a `torch.compile` wrapper of either,
+    sharing the module's parameters); `eval_forward` evaluates (the same, minus DDP, whose
+    forward exists for the gradients' all-reduce). `no_sync`, when set, is a context in which
+    backward leaves the gradients local (the micro-batches of a window before the last)."""
 
     def __init__(self, module: nn.Module, model_class: type, model_kwargs: dict[str, Any],
                  save_code: bool = False) -> None:
         self.module = module
         self.save_code = save_code  # store the class source in checkpoints
         self.forward: Callable[..., Any] = module
+        self.eval_forward: Callable[..., Any] = module
+        self.no_sync: Callable[[], Any] | None = None
+        self.wrapper: nn.Module | None = None  # the DDP wrapper, when there is one
+        # FSDP: drop the gathered copies of sharded parameters, so that the next forward
+        # gathers the shards as they are now (after an EMA swap, say).
+        self.reshard: Callable[[], None] = lambda: None
         self.model_class = model_class
         self.model_kwargs = dict(model_kwargs)
         self.keep_eval: list[nn.Module] = []
+
+    def set_forward(self, forward: Callable[..., Any], eval_forward: Callable[..., Any] | None = None) -> None:
+        self.forward = forward
+        self.eval_forward = forward if eval_forward is None else eval_forward
+
+    def compile(self, **kwargs: Any) -> None:
+        """Run the forwards through `torch.compile(**kwargs)` (under DDP: the wrapper for
+        training, the module for evaluation)."""
+        base = self.wrapper if self.wrapper is not None else self.module
+        self.set_forward(torch.compile(base, **kwargs),
+                         torch.compile(self.module, **kwargs) if self.wrapper is not None else None)
+
+    def keep_in_eval(self, module: nn.Module, activate: bool) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"keep_eval_on_module expects an nn.Module, got {type(module).__name__}.")
+        self.keep_eval = [m for m in self.keep_eval if m is not module] + ([module] if activate else [])
+        if activate:
+            module.eval()
+
+    def gradient_sync(self, enabled: bool) -> Any:
+        """A context for one backward: the gradients are synchronised over the processes when
+        `enabled` (the micro-batch that closes a window), else kept local."""
+        return contextlib.nullcontext() if enabled or self.no_sync is None else self.no_sync()
 
     def set_mode(self, training: bool) -> None:
         """Train or eval mode; the keep-eval modules stay in eval mode either way."""
@@ -100,6 +138,7 @@ class ModelPart:
             with self.ema_weights(ema):
                 yield
         finally:
+            self.reshard()
             self.set_mode(was_training)
 
     @contextlib.contextmanager
@@ -108,13 +147,16 @@ class ModelPart:
         if ema is None:
             yield
             return
-        live = list(ema_source(self.module).values())  # the same keys, in order, as init_ema
+        # The same keys, in order, as init_ema; sharded (FSDP) tensors shard by shard.
+        live = local_shards(list(ema_source(self.module).values()))
+        self.reshard()
         with torch.no_grad():
             raw = [t.detach().clone() for t in live]
-            torch._foreach_copy_(live, list(ema.values()))
+            torch._foreach_copy_(live, local_shards(list(ema.values())))
         try:
             yield
         finally:
+            self.reshard()
             with torch.no_grad():
                 torch._foreach_copy_(live, raw)
 

@@ -83,9 +83,10 @@ def build_sde(sde_class: Any, sde_kwargs: dict[str, Any]) -> Any:
 
 
 def on_main(handler: Any, work: Callable[[], Any]) -> Any:
-    """`work()` on the main process (rank 0), None on the others: the one place where
-    sampling and likelihoods decide where they run."""
-    return work() if handler.runtime.is_main else None
+    """`work()`'s result on the main process (rank 0), None on the others: the one place where
+    sampling and likelihoods decide where they run. Rank 0 works alone, except under FSDP,
+    where every forward is a collective and every rank runs it (`Runtime.main_result`)."""
+    return handler.runtime.main_result(work)
 
 
 def _require_sde(handler: Any, who: str) -> Any:

@@ -11,6 +11,7 @@ import torch
 
 from nnh._version import __version__
 from nnh.func.checkpoint import CHECKSUM_KEY, FORMAT_VERSION, CheckpointError, read_checkpoint
+from nnh.stateful.shard_state import shard_like_module
 
 __all__ = ["MAGIC", "check_header", "load_weights", "strip_prefixes", "weights_handler"]
 
@@ -37,7 +38,8 @@ def weights_handler(cls: type, checkpoint_path: str | os.PathLike, model_class: 
         raise CheckpointError(f"{path!r} holds neither an nnh checkpoint nor a state_dict of tensors.")
     handler = cls(model_class, device=device or "cpu", model_type=model_type or "classification", **model_kwargs)
     module = handler.module
-    load_weights(module, strip_prefixes(weights, set(module.state_dict())), strict_load, path)
+    # Under FSDP each rank keeps its shard of every whole tensor of the file.
+    load_weights(module, shard_like_module(module, strip_prefixes(weights, set(module.state_dict()))), strict_load, path)
     return handler
 
 

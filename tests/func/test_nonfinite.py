@@ -156,3 +156,37 @@ def test_bad_ema_decay_is_refused_before_the_step():
     s = init_train_state(m, opt, ema=True)
     with pytest.raises(ValueError, match="ema_decay=1.5"):
         train_step(s, _data(4, 1), module=m, loss_fn=_loss, optimizer=opt, ema_decay=1.5, skip_nonfinite=True)
+
+
+def _nan_constant_loss(model, batch):
+    """A non-finite loss whose gradients are finite: the NaN is a constant term."""
+    loss, out = _loss(model, batch)
+    return loss + torch.tensor(float("nan")), out
+
+
+def test_share_nonfinite_puts_a_non_finite_loss_into_the_gradients():
+    # What DDP averages (or FSDP reduce-scatters) is the gradient: with share_nonfinite the
+    # flag travels in it; without, a rank whose loss alone is NaN would keep finite gradients.
+    grads = {}
+    for share in (False, True):
+        net = _net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        state = init_train_state(net, opt)
+        train_step(state, _data(8, 1), module=net, loss_fn=_nan_constant_loss, optimizer=opt, update=False,
+                   skip_nonfinite=True, share_nonfinite=share)
+        grads[share] = [p.grad.clone() for p in net.parameters()]
+    assert all(torch.isfinite(g).all() for g in grads[False])
+    assert all(torch.isnan(g).all() for g in grads[True])
+
+
+def test_share_nonfinite_changes_nothing_for_finite_losses():
+    states = []
+    for share in (False, True):
+        net = _net()
+        opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+        state = init_train_state(net, opt, ema=True)
+        for i in range(4):
+            train_step(state, _data(8, i), module=net, loss_fn=_loss, optimizer=opt, micro_batch=i % 2,
+                       update=i % 2 == 1, ema_decay=0.9, skip_nonfinite=True, share_nonfinite=share)
+        states.append(_snapshot(state))
+    _assert_same(*states)

@@ -199,6 +199,12 @@ def test_only_the_main_process_samples_and_evaluates_likelihoods(monkeypatch):
     assert h.log_likelihood(torch.zeros(2, 2), ode_steps=2) is None
     with pytest.raises(ValueError, match="steps=0"):  # arguments are checked on every rank
         h.sample((4, 2), 0)
+    # Under FSDP every forward is a collective: rank 1 runs the network too, and returns None.
+    calls = []
+    h.module.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(NNHandler, "runtime", property(
+        lambda self: Runtime(torch.device("cpu"), rank=1, world_size=2, strategy="fsdp")))
+    assert h.sample((4, 2), 3, bar=False) is None and len(calls) == 3
 
 
 # ---------------------------------------------------------------- log_likelihood
