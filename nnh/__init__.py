@@ -27,6 +27,22 @@ from nnh.stateful.mcmc.plotting import plot_trajectory
 from nnh.stateful.mcmc.energy import RastriginModel
 from nnh.stateful.mcmc.energy import RosenbrockModel
 from nnh.stateful.mcmc.schedulers import WarmupScheduler
+# TorchEBM parity (issue 11)
+from nnh.stateful.mcmc.energy import BoothModel
+from nnh.stateful.mcmc.energy import HimmelblauModel
+from nnh.stateful.mcmc.energy import StyblinskiTangModel
+from nnh.stateful.mcmc.schedulers import TemperatureScheduler
+from nnh.stateful.mcmc.schedulable import Schedulable
+from nnh.stateful.mcmc.integrators import BaseIntegrator
+from nnh.stateful.mcmc.integrators import BaseRungeKuttaIntegrator
+from nnh.stateful.mcmc.integrators import BaseSDERungeKuttaIntegrator
+from nnh.stateful.mcmc.integrators import BaseSymplecticIntegrator
+from nnh.stateful.mcmc.integrators import EulerMaruyamaIntegrator
+from nnh.stateful.mcmc.integrators import GeneralisedLeapfrogIntegrator
+from nnh.stateful.mcmc.integrators import HeunIntegrator
+from nnh.stateful.mcmc.integrators import LeapfrogIntegrator
+from nnh.stateful.mcmc.integrators import RK4Integrator
+from nnh.stateful.mcmc.integrators import get_integrator
 
 __all__ = [
     "__version__",
@@ -56,4 +72,20 @@ __all__ = [
     "RastriginModel",
     "RosenbrockModel",
     "WarmupScheduler",
+    # TorchEBM parity (issue 11)
+    "BoothModel",
+    "HimmelblauModel",
+    "StyblinskiTangModel",
+    "TemperatureScheduler",
+    "Schedulable",
+    "BaseIntegrator",
+    "BaseRungeKuttaIntegrator",
+    "BaseSDERungeKuttaIntegrator",
+    "BaseSymplecticIntegrator",
+    "EulerMaruyamaIntegrator",
+    "GeneralisedLeapfrogIntegrator",
+    "HeunIntegrator",
+    "LeapfrogIntegrator",
+    "RK4Integrator",
+    "get_integrator",
 ]

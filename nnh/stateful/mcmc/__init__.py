@@ -20,6 +20,7 @@ from nnh.stateful.mcmc.schedulers import CosineScheduler
 from nnh.stateful.mcmc.schedulers import ExponentialDecayScheduler
 from nnh.stateful.mcmc.schedulers import LinearScheduler
 from nnh.stateful.mcmc.schedulers import MultiStepScheduler
+from nnh.stateful.mcmc.schedulers import TemperatureScheduler
 from nnh.stateful.mcmc.schedulers import WarmupScheduler
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MultiStepScheduler",
     "RastriginModel",
     "RosenbrockModel",
+    "TemperatureScheduler",
     "WarmupScheduler",
     "plot_samples_vs_density",
     "plot_trajectory",
