@@ -43,6 +43,9 @@ from nnh.stateful.mcmc.integrators import HeunIntegrator
 from nnh.stateful.mcmc.integrators import LeapfrogIntegrator
 from nnh.stateful.mcmc.integrators import RK4Integrator
 from nnh.stateful.mcmc.integrators import get_integrator
+from nnh.stateful.mcmc.descent import GradientDescentSampler
+from nnh.stateful.mcmc.descent import NesterovSampler
+from nnh.stateful.mcmc.rmhmc import RiemannianManifoldHMC
 
 __all__ = [
     "__version__",
@@ -88,4 +91,7 @@ __all__ = [
     "LeapfrogIntegrator",
     "RK4Integrator",
     "get_integrator",
+    "GradientDescentSampler",
+    "NesterovSampler",
+    "RiemannianManifoldHMC",
 ]

@@ -53,6 +53,20 @@ from nnh.func.mcmc import select_chains
 from nnh.func.mcmc import standard_normal_like
 from nnh.func.mcmc import StepInfo
 from nnh.func.mcmc import uniform_per_chain
+# TorchEBM parity (issue 11)
+from nnh.func.energy_grad import conditioned_energy_and_grad
+from nnh.func.integrators import Drift
+from nnh.func.integrators import HamiltonField
+from nnh.func.integrators import euler_maruyama_update
+from nnh.func.integrators import generalised_leapfrog
+from nnh.func.integrators import heun_update
+from nnh.func.integrators import rk4_update
+from nnh.func.mcmc import heun_langevin_step
+from nnh.func.descent import gradient_descent_step
+from nnh.func.descent import nesterov_step
+from nnh.func.rmhmc import metric_cholesky
+from nnh.func.rmhmc import riemannian_kinetic_energy
+from nnh.func.rmhmc import rmhmc_step
 
 __all__ = [
     "unscale_grads",
@@ -105,4 +119,18 @@ __all__ = [
     "standard_normal_like",
     "StepInfo",
     "uniform_per_chain",
+    # TorchEBM parity (issue 11)
+    "conditioned_energy_and_grad",
+    "Drift",
+    "HamiltonField",
+    "euler_maruyama_update",
+    "generalised_leapfrog",
+    "heun_update",
+    "rk4_update",
+    "heun_langevin_step",
+    "gradient_descent_step",
+    "nesterov_step",
+    "metric_cholesky",
+    "riemannian_kinetic_energy",
+    "rmhmc_step",
 ]

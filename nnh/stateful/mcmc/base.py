@@ -93,9 +93,12 @@ class BaseSampler(Schedulable, Sampler):
         self._use_model_fns({})
 
     def _use_model_fns(self, model_kwargs: dict[str, Any]) -> None:
-        """Point ``_energy_and_grad`` and ``_gradient`` at the model, conditioned on
-        ``model_kwargs`` ({} for the unconditional model, whose own methods are used)."""
-        self._energy_and_grad = conditioned_energy_and_grad(self.model, model_kwargs)
+        """Point ``_energy`` (differentiable), ``_energy_and_grad`` and ``_gradient`` at the
+        model, conditioned on ``model_kwargs`` ({} for the unconditional model, whose own methods
+        are used)."""
+        model = self.model
+        self._energy = (lambda x: model(x, **model_kwargs)) if model_kwargs else model
+        self._energy_and_grad = conditioned_energy_and_grad(model, model_kwargs)
         gradient = getattr(self.model, "gradient", None)
         if model_kwargs or not callable(gradient):
             eg = self._energy_and_grad
