@@ -46,6 +46,12 @@ from nnh.stateful.mcmc.integrators import get_integrator
 from nnh.stateful.mcmc.descent import GradientDescentSampler
 from nnh.stateful.mcmc.descent import NesterovSampler
 from nnh.stateful.mcmc.rmhmc import RiemannianManifoldHMC
+from nnh.stateful.mcmc.losses import BaseContrastiveDivergence
+from nnh.stateful.mcmc.losses import BaseLoss
+from nnh.stateful.mcmc.contrastive_divergence import PersistentContrastiveDivergence
+from nnh.stateful.mcmc.score_matching import BaseScoreMatching
+from nnh.stateful.mcmc.score_matching import DenoisingScoreMatching
+from nnh.stateful.mcmc.score_matching import SlicedScoreMatching
 
 __all__ = [
     "__version__",
@@ -94,4 +100,10 @@ __all__ = [
     "GradientDescentSampler",
     "NesterovSampler",
     "RiemannianManifoldHMC",
+    "BaseContrastiveDivergence",
+    "BaseLoss",
+    "PersistentContrastiveDivergence",
+    "BaseScoreMatching",
+    "DenoisingScoreMatching",
+    "SlicedScoreMatching",
 ]

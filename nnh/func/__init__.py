@@ -67,6 +67,11 @@ from nnh.func.descent import nesterov_step
 from nnh.func.rmhmc import metric_cholesky
 from nnh.func.rmhmc import riemannian_kinetic_energy
 from nnh.func.rmhmc import rmhmc_step
+from nnh.func.score_matching import denoising_score_matching_loss
+from nnh.func.score_matching import energy_score
+from nnh.func.score_matching import hutchinson_divergence_of_score
+from nnh.func.score_matching import projection_probes
+from nnh.func.score_matching import sliced_score_matching_loss
 
 __all__ = [
     "unscale_grads",
@@ -133,4 +138,9 @@ __all__ = [
     "metric_cholesky",
     "riemannian_kinetic_energy",
     "rmhmc_step",
+    "denoising_score_matching_loss",
+    "energy_score",
+    "hutchinson_divergence_of_score",
+    "projection_probes",
+    "sliced_score_matching_loss",
 ]

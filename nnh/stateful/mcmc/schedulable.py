@@ -7,8 +7,9 @@ on a loss advances the whole pipeline. Every operation is O(number of schedulers
 is a dict, not a walk over a module tree.
 
 Bounds. A value registered with ``positive=True`` must be finite and > 0, with
-``positive=False`` finite and >= 0; ``positive=None`` declares no bound. `BaseSampler.sample`
-checks the bound of every value at every step (Python floats: no host sync).
+``positive=False`` finite and >= 0; ``positive=None`` declares no bound. The default is the
+owner's ``default_bound`` (True for samplers, whose values are step sizes; None for losses).
+`BaseSampler.sample` checks the bound of every value at every step (Python floats: no host sync).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Schedulable:
 
     schedulers: dict[str, BaseScheduler]
     _positive: dict[str, bool | None]
+    #: the bound `register_scheduler` applies when none is given.
+    default_bound: bool | None = True
 
     def _init_schedulers(self) -> None:
         # Not __init__: the owners are an nn.Module (losses) and a RecordsInit (samplers), whose
@@ -35,11 +38,14 @@ class Schedulable:
         self.schedulers = {}
         self._positive = {}
 
-    def register_scheduler(self, name: str, scheduler: ScheduledValue, *, positive: bool | None = True) -> None:
+    def register_scheduler(self, name: str, scheduler: ScheduledValue, *, positive: bool | None | str = "default") -> None:
         """Register ``scheduler`` (or a number, wrapped in `ConstantScheduler`) under ``name``,
         replacing any earlier entry. Its value must be finite and > 0 (``positive=False``: >= 0;
-        ``positive=None``: any number) now and at every step of a sampler's run."""
+        ``positive=None``: any number; by default ``default_bound``) now and at every step of a
+        sampler's run."""
         owner = type(self).__name__
+        if positive == "default":
+            positive = self.default_bound
         if isinstance(scheduler, BaseScheduler):
             start = scheduler.get_value()
         elif isinstance(scheduler, (int, float)) and not isinstance(scheduler, bool):

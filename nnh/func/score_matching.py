@@ -1,0 +1,121 @@
+r"""Score matching for energy models: the denoising and the sliced objectives, pure.
+
+An energy U_theta(x) defines the model score :math:`s_\theta(x) = -\nabla_x U_\theta(x)`. Both
+losses are differentiable in the parameters theta (the score is built with ``create_graph``),
+and both take their randomness as arguments.
+
+- Denoising (Vincent 2011): perturb :math:`\tilde x = x + \sigma\xi` and regress the score on
+  the perturbation kernel's, :math:`-\xi/\sigma`:
+
+  .. math:: L = \tfrac12\,\mathbb E\,\big\lVert \nabla_x U_\theta(\tilde x) - \xi/\sigma \big\rVert^2
+
+  minimised by the score of the noised data law :math:`p_\sigma = p * \mathcal N(0, \sigma^2 I)`.
+- Sliced (Song et al. 2019): with probes v (Rademacher, Gaussian or on the sphere),
+
+  .. math:: L = \mathbb E_x\, \mathbb E_v \big[ v^\top \nabla_x (v^\top s_\theta(x)) + \tfrac12 (v^\top s_\theta(x))^2 \big]
+
+  which equals, up to a constant, the Fisher divergence to the data. The first term is a
+  Hutchinson estimate of :math:`\mathrm{tr}\,\nabla_x s_\theta`; all K probes come from one
+  batched vector-Jacobian product (`hutchinson_divergence_of_score`), not a loop over probes and
+  not K copies of the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from nnh.func._event import event_sum
+
+__all__ = [
+    "denoising_score_matching_loss",
+    "energy_score",
+    "hutchinson_divergence_of_score",
+    "projection_probes",
+    "sliced_score_matching_loss",
+]
+
+EnergyFn = Callable[[Tensor], Tensor]
+
+
+def energy_score(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``(s, x_leaf)``: the model score :math:`s = -\nabla_x U(x)` (B, *event_shape), built with
+    ``create_graph`` so it is differentiable in U's parameters, and the leaf it was taken at."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        energy = energy_fn(leaf)
+        if energy.shape != (x.shape[0],):
+            raise ValueError(
+                f"score matching: the energy must have shape ({x.shape[0]},), got {tuple(energy.shape)}; "
+                "end forward with .squeeze(-1) or a sum over event dimensions."
+            )
+        (grad,) = torch.autograd.grad(energy.sum(), leaf, create_graph=True)
+    return -grad, leaf
+
+
+def hutchinson_divergence_of_score(score: Tensor, leaf: Tensor, probes: Tensor) -> Tensor:
+    r""":math:`\frac1K \sum_k v_k^\top (\partial s / \partial x)\, v_k` per sample, (B,): the
+    Hutchinson estimate of the divergence of ``score`` (a function of ``leaf``, with its graph)
+    from ``probes`` (K, B, *event_shape). The K vector-Jacobian products come from one batched
+    ``torch.autograd.grad`` call; the result stays differentiable in the parameters.
+
+    With the D basis vectors as probes it is the exact trace of the Jacobian.
+    """
+    with torch.enable_grad():
+        (vjp,) = torch.autograd.grad(score, leaf, grad_outputs=probes, is_grads_batched=True, create_graph=True)
+    k = probes.shape[0]
+    return event_sum((vjp * probes).reshape(k * leaf.shape[0], *leaf.shape[1:])).view(k, -1).mean(0)
+
+
+def projection_probes(
+    n_projections: int, x: Tensor, kind: str = "rademacher", generator: torch.Generator | None = None
+) -> Tensor:
+    r"""K = ``n_projections`` probes shaped (K, *x.shape), with :math:`\mathbb E[vv^\top] = I`:
+    ``"rademacher"`` (entries +-1), ``"gaussian"`` (standard normal) or ``"sphere"`` (uniform on
+    the sphere of radius :math:`\sqrt D` over the last dimension, as in sliced score matching)."""
+    if kind not in ("rademacher", "gaussian", "sphere"):
+        raise ValueError(f"projection_probes: kind must be 'rademacher', 'gaussian' or 'sphere', got {kind!r}.")
+    v = torch.randn((n_projections, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
+    if kind == "rademacher":
+        return v.sign_()
+    if kind == "sphere":
+        return torch.nn.functional.normalize(v, dim=-1) * x.shape[-1] ** 0.5
+    return v
+
+
+def denoising_score_matching_loss(energy_fn: EnergyFn, x: Tensor, noise: Tensor, noise_scale: float) -> Tensor:
+    r"""The denoising score-matching loss, a scalar:
+    :math:`\tfrac12 \frac1B \sum_b \lVert \nabla_x U(x_b + \sigma\xi_b) - \xi_b/\sigma\rVert^2`.
+
+    Args:
+        energy_fn: U, (B, *event_shape) -> (B,), differentiable in x and its parameters.
+        x: data (B, *event_shape). noise: standard normal xi shaped like x. noise_scale: sigma > 0.
+    """
+    if not noise_scale > 0:
+        raise ValueError(f"denoising_score_matching_loss: noise_scale must be > 0, got {noise_scale!r}.")
+    score, _ = energy_score(energy_fn, x + noise_scale * noise)
+    residual = score + noise / noise_scale  # = -(grad U - xi / sigma)
+    return 0.5 * event_sum(residual * residual).mean()
+
+
+def sliced_score_matching_loss(energy_fn: EnergyFn, x: Tensor, probes: Tensor) -> Tensor:
+    r"""The sliced score-matching loss, a scalar:
+    :math:`\frac1B \sum_b \frac1K \sum_k \big[v_{kb}^\top \nabla_x(v_{kb}^\top s(x_b)) + \tfrac12 (v_{kb}^\top s(x_b))^2\big]`
+    with :math:`s = -\nabla_x U`.
+
+    Args:
+        energy_fn: U, differentiable. x: data (B, *event_shape).
+        probes: (K, B, *event_shape), e.g. `projection_probes`.
+    """
+    if probes.shape[1:] != x.shape:
+        raise ValueError(
+            f"sliced_score_matching_loss: probes must be (K, *x.shape) = (K, {', '.join(map(str, x.shape))}), "
+            f"got {tuple(probes.shape)}."
+        )
+    score, leaf = energy_score(energy_fn, x)
+    divergence = hutchinson_divergence_of_score(score, leaf, probes)
+    k = probes.shape[0]
+    projected = event_sum((probes * score).reshape(k * x.shape[0], *x.shape[1:])).view(k, -1)
+    return (divergence + 0.5 * projected.square().mean(0)).mean()
