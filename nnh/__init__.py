@@ -52,6 +52,8 @@ from nnh.stateful.mcmc.contrastive_divergence import PersistentContrastiveDiverg
 from nnh.stateful.mcmc.score_matching import BaseScoreMatching
 from nnh.stateful.mcmc.score_matching import DenoisingScoreMatching
 from nnh.stateful.mcmc.score_matching import SlicedScoreMatching
+from nnh.stateful.mcmc.flow_sampler import FlowSampler
+from nnh.stateful.mcmc.flow_sampler import PredictionType
 
 __all__ = [
     "__version__",
@@ -106,4 +108,6 @@ __all__ = [
     "BaseScoreMatching",
     "DenoisingScoreMatching",
     "SlicedScoreMatching",
+    "FlowSampler",
+    "PredictionType",
 ]

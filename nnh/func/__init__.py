@@ -69,9 +69,17 @@ from nnh.func.rmhmc import riemannian_kinetic_energy
 from nnh.func.rmhmc import rmhmc_step
 from nnh.func.score_matching import denoising_score_matching_loss
 from nnh.func.score_matching import energy_score
-from nnh.func.score_matching import hutchinson_divergence_of_score
 from nnh.func.score_matching import projection_probes
 from nnh.func.score_matching import sliced_score_matching_loss
+from nnh.func.flow import CosineInterpolant
+from nnh.func.flow import Interpolant
+from nnh.func.flow import LinearInterpolant
+from nnh.func.flow import VariancePreservingInterpolant
+from nnh.func.flow import diffusion_coefficient
+from nnh.func.flow import expand_t_like_x
+from nnh.func.flow import get_interpolant
+from nnh.func.flow import score_from_prediction
+from nnh.func.flow import velocity_from_prediction
 
 __all__ = [
     "unscale_grads",
@@ -140,7 +148,15 @@ __all__ = [
     "rmhmc_step",
     "denoising_score_matching_loss",
     "energy_score",
-    "hutchinson_divergence_of_score",
     "projection_probes",
     "sliced_score_matching_loss",
+    "CosineInterpolant",
+    "Interpolant",
+    "LinearInterpolant",
+    "VariancePreservingInterpolant",
+    "diffusion_coefficient",
+    "expand_t_like_x",
+    "get_interpolant",
+    "score_from_prediction",
+    "velocity_from_prediction",
 ]
