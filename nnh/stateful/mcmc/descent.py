@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from nnh.func.descent import gradient_descent_step, nesterov_step
-from nnh.func.mcmc import ChainState, StepInfo, reject_nonfinite, select_chains
+from nnh.func.mcmc import ChainState, StepInfo, select_chains
 from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
 
 __all__ = ["GradientDescentSampler", "NesterovSampler"]
@@ -22,11 +22,6 @@ class _Descent(BaseSampler):
 
     def _energy_for_diagnostics(self, state: ChainState) -> Tensor:
         return self._energy_and_grad(state.x)[0]
-
-    def _accept_finite(self, state: ChainState, x_new: Tensor, grad_new: Tensor) -> tuple[ChainState, StepInfo]:
-        energy = x_new.new_zeros(x_new.shape[0])  # a placeholder: only finiteness of x and grad decides
-        return reject_nonfinite(ChainState(state.x, energy, state.grad), ChainState(x_new, energy, grad_new),
-                                check_energy=False)
 
 
 class GradientDescentSampler(_Descent):
@@ -53,9 +48,9 @@ class GradientDescentSampler(_Descent):
         super().__init__(model, dtype, device, dim=dim, n_steps=n_steps)
         self.register_scheduler("step_size", step_size)
 
-    def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
+    def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo | None]:
         x_new = gradient_descent_step(state.x, state.grad, self.schedulers["step_size"].current_value)
-        return self._accept_finite(state, x_new, self._gradient(x_new))
+        return self._keep_finite(state, x_new, self._gradient(x_new))
 
 
 class NesterovSampler(_Descent):
@@ -92,9 +87,9 @@ class NesterovSampler(_Descent):
     def _prepare(self, x: Tensor) -> None:
         self._velocity = torch.zeros_like(x)
 
-    def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
+    def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo | None]:
         h = self.schedulers["step_size"].current_value
         x_new, velocity, grad = nesterov_step(state.x, self._velocity, self._gradient, h, self.momentum)
-        new_state, info = self._accept_finite(state, x_new, grad)
-        self._velocity = select_chains(info.finite, velocity, torch.zeros_like(velocity))
+        new_state, info = self._keep_finite(state, x_new, grad)
+        self._velocity = velocity if info is None else select_chains(info.finite, velocity, torch.zeros_like(velocity))
         return new_state, info

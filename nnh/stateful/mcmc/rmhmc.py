@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nnh.func.mcmc import ChainState, StepInfo, _check_energy_shape, standard_normal_like, uniform_per_chain
+from nnh.func.mcmc import ChainState, StepInfo, standard_normal_like, uniform_per_chain
 from nnh.func.rmhmc import metric_cholesky, rmhmc_step
 from nnh.stateful.mcmc._sample_args import count as _count
 from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
@@ -20,14 +20,16 @@ class RiemannianManifoldHMC(BaseSampler):
     r"""Riemannian-manifold HMC for exp(-U) on states (B, D), one `nnh.func.rmhmc_step` per
     transition: momentum :math:`p \sim \mathcal N(0, G(x))`, L generalised leapfrog steps of
     :math:`H = U + \tfrac12 p^\top G^{-1} p + \tfrac12\log|G|`, a per-chain Metropolis test.
+    A transition costs L gradients of U, as HMC's does, plus the metric's evaluations and
+    vector-Jacobian products (see `nnh.func.rmhmc_step`).
 
     With a constant metric G = M it is `HamiltonianMonteCarlo` with mass M (up to rounding).
     A metric that tracks the target's local scale (the Fisher metric of a hierarchical model, for
-    instance) samples funnels and other targets of varying curvature with one step size; each
-    transition costs L (solver_max_iter + 1) force evaluations (autograd through U and G).
+    instance) samples funnels and other targets of varying curvature with one step size.
 
     Args:
-        model: energy U, differentiable, (B, D) -> (B,).
+        model: energy U, (B, D) -> (B,); its gradient as for the other samplers (analytic for
+            an `nnh.BaseModel` that has one, autograd otherwise).
         metric_fn: ``x -> G(x)`` of shape (B, D, D), symmetric positive definite, differentiable.
         step_size: epsilon > 0 (a number or a scheduler). n_leapfrog_steps: L >= 1.
         solver_max_iter, solver_tol, solver_check_every: the fixed-point solver of the implicit
@@ -81,15 +83,13 @@ class RiemannianManifoldHMC(BaseSampler):
         if not bool(ok.all()):  # once per call
             raise ValueError(f"{owner}.sample: metric_fn(x) is not symmetric positive definite at "
                              f"{int((~ok).sum())} of the {x.shape[0]} starting states.")
-        energy = self._energy(x).detach()
-        _check_energy_shape(owner, energy, x.shape[0])
-        return ChainState(x, energy, torch.zeros_like(x))
+        return super()._init_state(x)
 
     def _transition(self, state: ChainState, generator: torch.Generator | None) -> tuple[ChainState, StepInfo]:
         solver = self.integrator
         return rmhmc_step(
             state,
-            self._energy,
+            self._energy_and_grad,
             self.metric_fn,
             self.get_scheduled_value("step_size"),
             self.n_leapfrog_steps,

@@ -30,9 +30,10 @@ def fisher_metric(z):
 
 def test_rmhmc_samples_the_funnel_and_beats_hmc_in_ess_per_gradient():
     # Chains start at exact draws, so every state is a draw of the target and ESS compares the
-    # mixing. Gradient cost per transition: HMC L = 10; RMHMC L (solver_max_iter + 1) = 3 * 5 = 15
-    # forces. Measured over 4 seeds the ratio of ESS of v per gradient was 3.2 to 6.1 (7.5 on
-    # longer runs); the test asks for 2.
+    # mixing. Gradient cost per transition: HMC L = 10 gradients of U; RMHMC L = 3 gradients of U
+    # and L (solver_max_iter + 1) = 15 vector-Jacobian products of the metric, counted here as
+    # 18 gradients. Measured over 4 seeds the ratio of ESS of v per gradient so counted was 2.7
+    # to 5.1; the test asks for 2.
     gen = torch.Generator().manual_seed(0)
     chains, transitions = 100, 150
     v0 = 3 * torch.randn(chains, generator=gen, dtype=torch.float64)
@@ -40,7 +41,7 @@ def test_rmhmc_samples_the_funnel_and_beats_hmc_in_ess_per_gradient():
     ess_per_gradient = {}
     for name, sampler, gradients in (
         ("hmc", HamiltonianMonteCarlo(Funnel(), 0.2, 10, dtype=torch.float64), 10),
-        ("rmhmc", RiemannianManifoldHMC(Funnel(), fisher_metric, 0.8, 3, solver_max_iter=4, dtype=torch.float64), 15),
+        ("rmhmc", RiemannianManifoldHMC(Funnel(), fisher_metric, 0.8, 3, solver_max_iter=4, dtype=torch.float64), 18),
     ):
         traj = sampler.sample(z0, n_steps=transitions, return_trajectory=True, generator=gen)
         v = traj[:, :, 0]
