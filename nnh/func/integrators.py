@@ -53,7 +53,7 @@ def euler_maruyama_update(
     :math:`dx = f\,dt + s\sqrt2\,dW` given the drift value ``drift`` = f(x, t) (shaped like x),
     h = step_size, s = noise_scale and standard-normal ``noise`` (ignored when s is 0; with
     s = 0 or no noise this is Euler's method)."""
-    out = x + step_size * drift
+    out = _axpy(x, step_size, drift)
     if noise is None or (isinstance(noise_scale, (int, float)) and noise_scale == 0.0):
         return out
     # ** 0.5 serves Python floats and tensors alike (a float h stays a float: no device tensor).
@@ -62,6 +62,11 @@ def euler_maruyama_update(
 
 def _later(t: Tensor | None, dt: float | Tensor) -> Tensor | None:
     return None if t is None else t + dt
+
+
+def _axpy(x: Tensor, a: float | Tensor, y: Tensor) -> Tensor:
+    # x + a y in one kernel when a is a Python number (the samplers pass floats).
+    return torch.add(x, y, alpha=a) if isinstance(a, (int, float)) else x + a * y
 
 
 def heun_update(
@@ -74,8 +79,8 @@ def heun_update(
     Two drift evaluations, or one when ``drift_x`` = f(x, t) is known. Second order. ``t``
     (B,) may be None for an autonomous drift (it is then passed on as None)."""
     k1 = drift_fn(x, t) if drift_x is None else drift_x
-    k2 = drift_fn(x + step_size * k1, _later(t, step_size))
-    return x + (0.5 * step_size) * (k1 + k2)
+    k2 = drift_fn(_axpy(x, step_size, k1), _later(t, step_size))
+    return _axpy(x, 0.5 * step_size, k1 + k2)
 
 
 def rk4_update(x: Tensor, drift_fn: Drift, step_size: float | Tensor, t: Tensor | None = None) -> Tensor:
@@ -84,11 +89,12 @@ def rk4_update(x: Tensor, drift_fn: Drift, step_size: float | Tensor, t: Tensor 
     :math:`k_1 = f(x, t)`, :math:`k_2 = f(x + \tfrac h2 k_1, t + \tfrac h2)`,
     :math:`k_3 = f(x + \tfrac h2 k_2, t + \tfrac h2)`, :math:`k_4 = f(x + h k_3, t + h)`."""
     half = 0.5 * step_size
+    t_half = _later(t, half)
     k1 = drift_fn(x, t)
-    k2 = drift_fn(x + half * k1, _later(t, half))
-    k3 = drift_fn(x + half * k2, _later(t, half))
-    k4 = drift_fn(x + step_size * k3, _later(t, step_size))
-    return x + (step_size / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    k2 = drift_fn(_axpy(x, half, k1), t_half)
+    k3 = drift_fn(_axpy(x, half, k2), t_half)
+    k4 = drift_fn(_axpy(x, step_size, k3), _later(t, step_size))
+    return _axpy(x, step_size / 6.0, k2.add(k3).mul_(2.0).add_(k1).add_(k4))
 
 
 def kinetic_energy(p: Tensor, mass: float | Tensor = 1.0) -> Tensor:

@@ -43,6 +43,11 @@ EnergyFn = Callable[[Tensor], Tensor]
 def energy_score(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
     r"""``(s, x_leaf)``: the model score :math:`s = -\nabla_x U(x)` (B, *event_shape), built with
     ``create_graph`` so it is differentiable in U's parameters, and the leaf it was taken at."""
+    grad, leaf = _energy_gradient(energy_fn, x)
+    return -grad, leaf
+
+
+def _energy_gradient(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         energy = energy_fn(leaf)
@@ -52,7 +57,7 @@ def energy_score(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
                 "end forward with .squeeze(-1) or a sum over event dimensions."
             )
         (grad,) = torch.autograd.grad(energy.sum(), leaf, create_graph=True)
-    return -grad, leaf
+    return grad, leaf
 
 
 def hutchinson_divergence_of_score(score: Tensor, leaf: Tensor, probes: Tensor) -> Tensor:
@@ -95,8 +100,8 @@ def denoising_score_matching_loss(energy_fn: EnergyFn, x: Tensor, noise: Tensor,
     """
     if not noise_scale > 0:
         raise ValueError(f"denoising_score_matching_loss: noise_scale must be > 0, got {noise_scale!r}.")
-    score, _ = energy_score(energy_fn, x + noise_scale * noise)
-    residual = score + noise / noise_scale  # = -(grad U - xi / sigma)
+    grad, _ = _energy_gradient(energy_fn, torch.add(x, noise, alpha=noise_scale))
+    residual = torch.add(grad, noise, alpha=-1.0 / noise_scale)
     return 0.5 * event_sum(residual * residual).mean()
 
 

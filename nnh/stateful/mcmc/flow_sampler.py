@@ -221,8 +221,9 @@ class FlowSampler(BaseSampler):
         mk = merge_condition(owner, model_kwargs, y, x.device)
         t0, t1 = self._interval()
         grid = torch.linspace(t0, t1, n_steps + 1, dtype=x.dtype, device=x.device)
+        dt = (t1 - t0) / n_steps  # a Python float: the updates fuse x + dt k into one kernel
         if self.reverse:
-            grid = grid.flip(0)
+            grid, dt = grid.flip(0), -dt
         sde = self.mode == "sde"
         drift = self._sde_drift(mk) if sde else self._ode_drift(mk)
         n_kept = n_steps // thin
@@ -231,7 +232,7 @@ class FlowSampler(BaseSampler):
                  "t": x.new_empty((n_kept,))} if return_diagnostics else None)
         schedulers = self._all_schedulers()
         for k in range(n_steps):
-            t, dt = grid[k].expand(x.shape[0]), grid[k + 1] - grid[k]
+            t = grid[k].expand(x.shape[0])
             if sde:
                 x = self.integrator.step({"x": x}, dt, drift=drift, diffusion=self._diffusion(x, t), t=t,
                                          generator=generator)["x"]
