@@ -35,6 +35,7 @@ from torch import Tensor
 
 from nnh.func._mcmc_diagnostics import effective_sample_size
 from nnh.func._event import event_sum
+from nnh.func._noise import _given_noise, _given_uniform, standard_normal_like, uniform_per_chain
 from nnh.func.energy_grad import EnergyAndGrad, autograd_energy_and_grad, energy_and_grad_fn, func_energy_and_grad
 from nnh.func.integrators import heun_update, kinetic_energy, leapfrog
 
@@ -167,45 +168,6 @@ def metropolis_accept(
     return state, StepInfo(state.energy, accept_prob, accepted, finite)
 
 
-def standard_normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x`` (its dtype and device), drawn from ``generator``;
-    None draws from the global RNG, as the classes in `nnh.stateful.mcmc` do by default."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
-def uniform_per_chain(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One U(0, 1) draw per chain of ``x`` (B, *event_shape): shape (B,), x's dtype and device;
-    from ``generator``, or the global RNG when it is None."""
-    return torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=x.device)
-
-
-def _given_noise(x: Tensor, noise: Tensor | None, generator: torch.Generator | None, who: str) -> Tensor:
-    # The steps take ready noise or a generator, never the global RNG implicitly.
-    if noise is not None:
-        if noise.shape != x.shape:
-            raise ValueError(
-                f"{who}: noise has shape {tuple(noise.shape)} but the state x has {tuple(x.shape)}; "
-                "pass standard-normal noise shaped like x."
-            )
-        return noise
-    if generator is None:
-        raise ValueError(f"{who}: pass noise=... (standard normal, shaped like x) or generator=torch.Generator(...).")
-    return standard_normal_like(x, generator)
-
-
-def _given_uniform(x: Tensor, uniform: Tensor | None, generator: torch.Generator | None, who: str) -> Tensor:
-    if uniform is not None:
-        if uniform.shape != (x.shape[0],):
-            raise ValueError(
-                f"{who}: uniform has shape {tuple(uniform.shape)}; pass one U(0, 1) draw per chain, "
-                f"shape ({x.shape[0]},)."
-            )
-        return uniform
-    if generator is None:
-        raise ValueError(f"{who}: pass uniform=... (U(0, 1), shape (B,)) or generator=torch.Generator(...).")
-    return uniform_per_chain(x, generator)
-
-
 # ----------------------------------------------------------------------------------------------
 # Langevin and MALA
 # ----------------------------------------------------------------------------------------------
@@ -264,14 +226,8 @@ def langevin_step(
     Returns:
         ``(new_state, StepInfo)``; ``accept_prob`` is 1 for finite proposals, 0 otherwise.
     """
-    _check_scale("langevin_step", "step_size", step_size)
-    _check_scale("langevin_step", "noise_scale", noise_scale, positive=False)
-    _check_clamp("langevin_step", clamp)
-    xi = _given_noise(state.x, noise, generator, "langevin_step")
-    x_new = _clamped(langevin_proposal(state.x, state.grad, step_size, noise_scale, xi, decay), clamp)
-    energy, grad = energy_and_grad(x_new)
-    _check_energy_shape("langevin_step", energy, x_new.shape[0])
-    return reject_nonfinite(state, ChainState(x_new, energy, grad), check_energy=False)
+    return _langevin_move("langevin_step", state, energy_and_grad, step_size, noise_scale, noise, generator, clamp,
+                          lambda x, grad, xi: langevin_proposal(x, grad, step_size, noise_scale, xi, decay))
 
 
 def heun_langevin_step(
@@ -296,20 +252,36 @@ def heun_langevin_step(
     :math:`1/(1 - h/2)` for `langevin_step`. Arguments, non-finite handling and the returned
     `StepInfo` as in `langevin_step`.
     """
-    _check_scale("heun_langevin_step", "step_size", step_size)
-    _check_scale("heun_langevin_step", "noise_scale", noise_scale, positive=False)
-    _check_clamp("heun_langevin_step", clamp)
-    x = state.x
-    xi = _given_noise(x, noise, generator, "heun_langevin_step")
-
     def drift(y: Tensor, grad: Tensor) -> Tensor:
         return -grad - decay * y if decay else -grad
 
-    x_det = heun_update(x, lambda y, t: drift(y, energy_and_grad(y)[1]), step_size, None, drift_x=drift(x, state.grad))
-    x_new = x_det.add_(xi, alpha=noise_scale * math.sqrt(2.0 * step_size))
-    x_new = _clamped(x_new, clamp)
+    def move(x: Tensor, grad: Tensor, xi: Tensor) -> Tensor:
+        x_det = heun_update(x, lambda y, t: drift(y, energy_and_grad(y)[1]), step_size, None, drift_x=drift(x, grad))
+        return x_det.add_(xi, alpha=noise_scale * math.sqrt(2.0 * step_size))
+
+    return _langevin_move("heun_langevin_step", state, energy_and_grad, step_size, noise_scale, noise, generator, clamp,
+                          move)
+
+
+def _langevin_move(
+    who: str,
+    state: ChainState,
+    energy_and_grad: EnergyAndGrad,
+    step_size: float,
+    noise_scale: float,
+    noise: Tensor | None,
+    generator: torch.Generator | None,
+    clamp: tuple[float, float] | None,
+    move: Callable[[Tensor, Tensor, Tensor], Tensor],
+) -> tuple[ChainState, StepInfo]:
+    # The checks and the bookkeeping of the unadjusted Langevin steps; `move(x, grad, xi)` is the scheme.
+    _check_scale(who, "step_size", step_size)
+    _check_scale(who, "noise_scale", noise_scale, positive=False)
+    _check_clamp(who, clamp)
+    xi = _given_noise(state.x, noise, generator, who)
+    x_new = _clamped(move(state.x, state.grad, xi), clamp)
     energy, grad = energy_and_grad(x_new)
-    _check_energy_shape("heun_langevin_step", energy, x_new.shape[0])
+    _check_energy_shape(who, energy, x_new.shape[0])
     return reject_nonfinite(state, ChainState(x_new, energy, grad), check_energy=False)
 
 

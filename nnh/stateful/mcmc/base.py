@@ -246,7 +246,7 @@ class BaseSampler(Schedulable, Sampler):
         host after the loop.
         """
         owner = f"{type(self).__name__}.sample"
-        if type(self)._transition is BaseSampler._transition:
+        if type(self)._transition is BaseSampler._transition and type(self)._run is BaseSampler._run:
             raise _no_transition(type(self).__name__)  # before any model evaluation
         x, dim, n, device = resolve_call_form(owner, x, dim, N, device)
         n_steps = self.n_steps if n_steps is None else _count(owner, "n_steps", n_steps)
@@ -261,13 +261,16 @@ class BaseSampler(Schedulable, Sampler):
         if condition:
             self._use_model_fns(condition)
         try:
-            return self._run(x0, n_steps, thin, return_trajectory, return_diagnostics, generator)
+            return self._run(x0, n_steps, thin, return_trajectory, return_diagnostics, generator, condition)
         finally:
             if condition:
                 self._use_model_fns({})
 
     def _run(self, x0: Tensor, n_steps: int, thin: int, return_trajectory: bool, return_diagnostics: bool,
-             generator: torch.Generator | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+             generator: torch.Generator | None, model_kwargs: dict[str, Any]) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """The loop of `sample` from the initial state x0 (the model functions are already
+        conditioned on ``model_kwargs``); a sampler that is not a chain of `_transition` steps
+        (`FlowSampler`) overrides this."""
         owner = f"{type(self).__name__}.sample"
         state = self._init_state(x0)
         n_kept = n_steps // thin

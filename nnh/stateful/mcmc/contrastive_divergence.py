@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from nnh.stateful.mcmc._sample_args import merge_condition
 from nnh.stateful.mcmc.losses import BaseContrastiveDivergence
 
 __all__ = ["ContrastiveDivergence", "PersistentContrastiveDivergence"]
@@ -93,12 +94,8 @@ class ContrastiveDivergence(BaseContrastiveDivergence):
             positive_energy, x = args
         else:
             raise TypeError(f"{type(self).__name__}: call as cd(x) or cd(energies, x), got {len(args)} positional arguments.")
-        mk = dict(model_kwargs or {})
-        if y is not None:
-            if "y" in mk:
-                raise ValueError(f"{type(self).__name__}: y was passed as y=... and in model_kwargs['y']; pass it once.")
-            mk["y"] = y
         x = self._placed(x.detach())
+        mk = merge_condition(type(self).__name__, model_kwargs, y, x.device)
         starts, slots = self._chain_starts(x, generator)
         negatives = self._sample(starts, self.k_steps, mk, generator)
         if slots is not None:

@@ -19,9 +19,9 @@ from nnh.func.flow import (
     score_from_prediction,
     velocity_from_prediction,
 )
-from nnh.stateful.mcmc._sample_args import count, initial_state, merge_condition, resolve_call_form
 from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
 from nnh.stateful.mcmc.integrators import BaseRungeKuttaIntegrator, BaseSDERungeKuttaIntegrator, resolve_integrator
+from nnh.stateful.mcmc.schedulable import scheduled_property
 
 __all__ = ["FlowSampler", "PredictionType"]
 
@@ -65,9 +65,9 @@ class FlowSampler(BaseSampler):
             steps only.
         dim: keyword-only, the default event shape.
 
-    ``sample(x=None, dim=None, n_steps=None, ...)`` takes `BaseSampler`'s arguments; n_steps
-    defaults to 50 (ODE) or 250 (SDE); the diagnostics hold ``mean``, ``var`` and the time ``t``
-    of each kept step.
+    ``sample(x=None, dim=None, n_steps=None, ...)`` is `BaseSampler.sample`; n_steps defaults to
+    50 (ODE) or 250 (SDE); the diagnostics hold ``mean``, ``var`` and the time ``t`` of each kept
+    step, and a ``generator`` draws the starting noise and the SDE's increments.
     """
 
     def __init__(
@@ -124,13 +124,8 @@ class FlowSampler(BaseSampler):
         self.integrator = resolve_integrator(integrator, default="rk4" if mode == "ode" else "euler_maruyama",
                                              family=family, owner=owner)
 
-    @property
-    def train_eps(self) -> float:
-        return self.get_scheduled_value("train_eps")
-
-    @property
-    def sample_eps(self) -> float:
-        return self.get_scheduled_value("sample_eps")
+    train_eps = scheduled_property("train_eps", positive=False)
+    sample_eps = scheduled_property("sample_eps", positive=False)
 
     # -- the dynamics --------------------------------------------------------------------------
 
@@ -189,43 +184,15 @@ class FlowSampler(BaseSampler):
 
     # -- sampling ------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def sample(
-        self,
-        x: Tensor | int | None = None,
-        dim: int | tuple[int, ...] | str | torch.device | None = None,
-        n_steps: int | None = None,
-        n_samples: int = 1,
-        thin: int = 1,
-        return_trajectory: bool = False,
-        return_diagnostics: bool = False,
-        reset_schedulers: bool = True,
-        *,
-        y: Any = None,
-        model_kwargs: dict[str, Any] | None = None,
-        generator: torch.Generator | None = None,
-        N: int | Tensor | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """Integrate from noise (or ``x``) and return the samples, or the kept trajectory; see
-        `BaseSampler.sample` for the arguments and the class docstring for the defaults."""
-        owner = f"{type(self).__name__}.sample"
-        x, dim, n, device = resolve_call_form(owner, x, dim, N, device)
-        n_steps = self.n_steps if n_steps is None else count(owner, "n_steps", n_steps)
-        thin = count(owner, "thin", thin)
-        if thin > n_steps:
-            raise ValueError(f"{owner}: thin={thin} > n_steps={n_steps} keeps no state; use thin <= n_steps.")
-        if reset_schedulers:
-            self.reset_schedulers()
-        x = initial_state(self, n, device, x, dim, n_samples, generator)
-        mk = merge_condition(owner, model_kwargs, y, x.device)
+    def _run(self, x: Tensor, n_steps: int, thin: int, return_trajectory: bool, return_diagnostics: bool,
+             generator: torch.Generator | None, model_kwargs: dict[str, Any]) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         t0, t1 = self._interval()
         grid = torch.linspace(t0, t1, n_steps + 1, dtype=x.dtype, device=x.device)
         dt = (t1 - t0) / n_steps  # a Python float: the updates fuse x + dt k into one kernel
         if self.reverse:
             grid, dt = grid.flip(0), -dt
         sde = self.mode == "sde"
-        drift = self._sde_drift(mk) if sde else self._ode_drift(mk)
+        drift = self._sde_drift(model_kwargs) if sde else self._ode_drift(model_kwargs)
         n_kept = n_steps // thin
         trajectory = x.new_empty((x.shape[0], n_kept, *x.shape[1:])) if return_trajectory else None
         diag = ({"mean": x.new_empty((n_kept, *x.shape[1:])), "var": x.new_empty((n_kept, *x.shape[1:])),
@@ -243,7 +210,7 @@ class FlowSampler(BaseSampler):
             if (k + 1) % thin == 0:
                 self._keep(trajectory, diag, (k + 1) // thin - 1, x, grid[k + 1])
         if sde and self.last_step is not None:
-            x = self._last_step(x, grid[-1].expand(x.shape[0]), mk)
+            x = self._last_step(x, grid[-1].expand(x.shape[0]), model_kwargs)
             if n_steps % thin == 0:  # the recorded end is the returned sample
                 self._keep(trajectory, diag, n_kept - 1, x, grid[-1] + self.last_step_size)
         out = trajectory if trajectory is not None else x

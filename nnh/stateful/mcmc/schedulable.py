@@ -19,7 +19,7 @@ from typing import Any, Iterable, Union
 
 from nnh.stateful.mcmc.schedulers import BaseScheduler, ConstantScheduler
 
-__all__ = ["Schedulable", "ScheduledValue"]
+__all__ = ["Schedulable", "ScheduledValue", "scheduled_property"]
 
 ScheduledValue = Union[float, int, BaseScheduler]
 
@@ -100,3 +100,13 @@ class Schedulable:
         """Put every registered scheduler (and those of `_scheduled_children`) back at step 0."""
         for scheduler in self._all_schedulers():
             scheduler.reset()
+
+
+def scheduled_property(name: str, positive: bool | None, doc: str = "") -> property:
+    """A property reading the current value of the scheduler ``name``; setting it registers a
+    number or a scheduler under that name with the bound ``positive``."""
+    return property(
+        lambda self: self.get_scheduled_value(name),
+        lambda self, value: self.register_scheduler(name, value, positive=positive),
+        doc=doc or f"The current value of {name} (set a number or a scheduler).",
+    )

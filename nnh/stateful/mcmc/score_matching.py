@@ -12,7 +12,8 @@ from nnh.func._event import event_sum
 from nnh.func.score_matching import denoising_score_matching_loss, energy_score, projection_probes
 from nnh.func.score_matching import sliced_score_matching_loss
 from nnh.stateful.mcmc.losses import BaseLoss
-from nnh.stateful.mcmc.schedulable import ScheduledValue
+from nnh.stateful.mcmc._sample_args import merge_condition
+from nnh.stateful.mcmc.schedulable import ScheduledValue, scheduled_property
 
 __all__ = ["BaseScoreMatching", "DenoisingScoreMatching", "SlicedScoreMatching"]
 
@@ -64,21 +65,8 @@ class BaseScoreMatching(BaseLoss):
         self.custom_regularization = custom_regularization
         object.__setattr__(self, "functional_model", functional_model)  # a template, not a submodule
 
-    @property
-    def noise_scale(self) -> float:
-        return self.get_scheduled_value("noise_scale")
-
-    @noise_scale.setter
-    def noise_scale(self, value: ScheduledValue) -> None:
-        self.register_scheduler("noise_scale", value, positive=True)
-
-    @property
-    def regularization_strength(self) -> float:
-        return self.get_scheduled_value("regularization_strength")
-
-    @regularization_strength.setter
-    def regularization_strength(self, value: ScheduledValue) -> None:
-        self.register_scheduler("regularization_strength", value, positive=False)
+    noise_scale = scheduled_property("noise_scale", positive=True)
+    regularization_strength = scheduled_property("regularization_strength", positive=False)
 
     def energy_fn(self, model_kwargs: dict[str, Any] | None = None) -> Callable[[Tensor], Tensor]:
         """``x -> U(x)``, conditioned on ``model_kwargs``, by the path ``use_autograd`` selects."""
@@ -114,21 +102,12 @@ class BaseScoreMatching(BaseLoss):
         grad = self.compute_score(x, model_kwargs=model_kwargs)
         return loss + strength * event_sum(grad * grad).mean()
 
-    @staticmethod
-    def _condition(owner: str, model_kwargs: dict[str, Any] | None, y: Any) -> dict[str, Any]:
-        mk = dict(model_kwargs or {})
-        if y is not None:
-            if "y" in mk:
-                raise ValueError(f"{owner}: y was passed as y=... and in model_kwargs['y']; pass it once.")
-            mk["y"] = y
-        return mk
-
     def forward(self, x: Tensor, *args: Any, y: Any = None, model_kwargs: dict[str, Any] | None = None,
                 generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
         """The loss of the batch x (B, *event_shape), a scalar; ``y`` / ``model_kwargs`` condition
         the model, ``generator`` draws the noise or the probes. Other keywords are ignored."""
-        mk = self._condition(type(self).__name__, model_kwargs, y)
         x = self._placed(x)
+        mk = merge_condition(type(self).__name__, model_kwargs, y, x.device)
         return self.add_regularization(self.compute_loss(x, model_kwargs=mk, generator=generator), x, model_kwargs=mk)
 
     def compute_loss(self, x: Tensor, *args: Any, model_kwargs: dict[str, Any] | None = None,
