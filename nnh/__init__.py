@@ -27,7 +27,12 @@ from nnh.stateful.mcmc.plotting import plot_trajectory
 from nnh.stateful.mcmc.energy import RastriginModel
 from nnh.stateful.mcmc.energy import RosenbrockModel
 from nnh.stateful.mcmc.schedulers import WarmupScheduler
-# TorchEBM parity (issue 11)
+from nnh.func.sde import VPSDE
+from nnh.func.sde import VESDE
+from nnh.func.sde import SubVPSDE
+from nnh.func.score import denoising_score_matching
+from nnh.func.likelihood import bits_per_dim
+# Names a TorchEBM user finds under the same spelling
 from nnh.stateful.mcmc.energy import BoothModel
 from nnh.stateful.mcmc.energy import HimmelblauModel
 from nnh.stateful.mcmc.energy import StyblinskiTangModel
@@ -83,7 +88,12 @@ __all__ = [
     "RastriginModel",
     "RosenbrockModel",
     "WarmupScheduler",
-    # TorchEBM parity (issue 11)
+    "VPSDE",
+    "VESDE",
+    "SubVPSDE",
+    "denoising_score_matching",
+    "bits_per_dim",
+    # Names a TorchEBM user finds under the same spelling
     "BoothModel",
     "HimmelblauModel",
     "StyblinskiTangModel",

@@ -116,11 +116,29 @@ class Activated(nn.Module):
 
 
 class ToySDE:
-    """Stands in for an SDE: an object that records its constructor arguments."""
+    """A duck-typed SDE that is no nnh class: Brownian motion dx = scale dw, recording its
+    constructor arguments by hand (`init_kwargs`), as an SDE of another package might."""
 
-    def __init__(self, sigma: float = 1.0) -> None:
-        self.init_kwargs = {"sigma": sigma}
-        self.sigma = sigma
+    def __init__(self, scale: float = 1.0, T: float = 1.0, epsilon: float = 1e-3) -> None:
+        self.init_kwargs = {"scale": scale, "T": T, "epsilon": epsilon}
+        self.scale, self.T, self.epsilon = scale, T, epsilon
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.as_tensor(t).sqrt()
+
+    def marginal_prob(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, self.sigma(t).reshape(-1, *[1] * (x.dim() - 1))
+
+    def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    def diffusion(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], *[1] * (x.dim() - 1)), self.scale, dtype=x.dtype, device=x.device)
+
+    def prior(self, shape: tuple[int, ...]) -> torch.distributions.Distribution:
+        loc = torch.zeros(shape)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, self.scale * self.T ** 0.5 + loc),
+                                               len(shape))
 
 
 # Samplers: one per `load` spelling that nnh accepts.

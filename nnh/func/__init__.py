@@ -53,7 +53,26 @@ from nnh.func.mcmc import select_chains
 from nnh.func.mcmc import standard_normal_like
 from nnh.func.mcmc import StepInfo
 from nnh.func.mcmc import uniform_per_chain
-# TorchEBM parity (issue 11)
+from nnh.func.sde import VPSDE
+from nnh.func.sde import VESDE
+from nnh.func.sde import SubVPSDE
+from nnh.func.score import batch_time
+from nnh.func.score import model_score
+from nnh.func.score import dsm_loss
+from nnh.func.score import denoising_score_matching
+from nnh.func.sampling import euler_maruyama_step
+from nnh.func.sampling import langevin_corrector_step
+from nnh.func.sampling import probability_flow_drift
+from nnh.func.sampling import probability_flow_step
+from nnh.func.divergence import hutchinson_divergence
+from nnh.func.divergence import hutchinson_probes
+from nnh.func.ode import euler_step
+from nnh.func.ode import heun_step
+from nnh.func.ode import rk4_step
+from nnh.func.ode import ODE_STEPS
+from nnh.func.likelihood import likelihood_ode_step
+from nnh.func.likelihood import bits_per_dim
+# Names a TorchEBM user finds under the same spelling
 from nnh.func.energy_grad import conditioned_energy_and_grad
 from nnh.func.integrators import Drift
 from nnh.func.integrators import HamiltonField
@@ -132,7 +151,26 @@ __all__ = [
     "standard_normal_like",
     "StepInfo",
     "uniform_per_chain",
-    # TorchEBM parity (issue 11)
+    "VPSDE",
+    "VESDE",
+    "SubVPSDE",
+    "batch_time",
+    "model_score",
+    "dsm_loss",
+    "denoising_score_matching",
+    "euler_maruyama_step",
+    "langevin_corrector_step",
+    "probability_flow_drift",
+    "probability_flow_step",
+    "hutchinson_divergence",
+    "hutchinson_probes",
+    "euler_step",
+    "heun_step",
+    "rk4_step",
+    "ODE_STEPS",
+    "likelihood_ode_step",
+    "bits_per_dim",
+    # Names a TorchEBM user finds under the same spelling
     "conditioned_energy_and_grad",
     "Drift",
     "HamiltonField",

@@ -2,6 +2,8 @@ r"""Effective sample size of MCMC output (pure; exported through `nnh.func.mcmc`
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -21,7 +23,8 @@ def effective_sample_size(samples: Tensor) -> Tensor:
 
     where :math:`\bar\gamma_t` is the lag-t autocovariance averaged over chains (by FFT), W the
     mean within-chain variance, B/N the variance of the chain means, and the pair sums are made
-    monotone and cut at the first negative one. Computed in float64.
+    monotone and cut at the first one that is not positive; :math:`\hat\tau` is floored at
+    :math:`1 / \log_{10}(CN)` (antithetic chains). Computed in float64.
 
     Returns:
         ESS of shape ``event_shape`` (total over chains).
@@ -50,5 +53,5 @@ def effective_sample_size(samples: Tensor) -> Tensor:
     positive = torch.cumprod((pairs > 0).to(torch.float64), dim=0)
     monotone = torch.cummin(pairs, dim=0).values
     tau = -1.0 + 2.0 * (monotone * positive).sum(dim=0)
-    tau = tau.clamp(min=1.0 / torch.log10(torch.tensor(float(n_chains * n_draws))).item())
+    tau = tau.clamp(min=1.0 / math.log10(n_chains * n_draws))
     return (n_chains * n_draws / tau).reshape(event_shape)

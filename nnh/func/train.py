@@ -24,12 +24,16 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from nnh.func.amp import unscale_grads, update_scale
 from nnh.func.ema import ema_update, init_ema
 from nnh.func.optim import has_functional_update, init_optimizer_state, optimizer_update
 
 __all__ = ["init_train_state", "train_step", "clip_grad_norm", "batch_size_of", "LossFn"]
+
+# Where a tensor leaf of a loss's aux sat (see the torch.func path of `train_step`).
+_TENSOR = object()
 
 # loss_fn(model, batch) -> loss | (loss, aux): `model` is a callable with the module's
 # signature, `aux` (e.g. the model's output) is returned in the metrics as "output".
@@ -220,33 +224,39 @@ def train_step(
     n = batch_size_of(batch)
     device = state["step"].device
 
-    def scaled_loss(model: Callable[..., Any]) -> tuple[Tensor, tuple[Any, ...]]:
+    def scaled_loss(model: Callable[..., Any]) -> tuple[Tensor, tuple[Tensor, Any]]:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, aux = _split(loss_fn(model, batch))
         loss = loss.float()
         scaled = loss * n if accumulating else loss
         if scaler is not None:
             scaled = scaled * scaler["scale"]
-        # torch.func's aux must hold tensors only: leave a missing aux out, not as None.
-        return scaled, (loss.detach(),) if aux is None else (loss.detach(), aux)
+        return scaled, (loss.detach(), aux)
 
     params = state["params"]
     if compiling:
-        buffers = dict(state["buffers"].items())
+        plain: list[Any] = []  # the aux's non-tensor leaves, which torch.func's aux cannot carry
 
-        def objective(p: dict[str, Tensor]) -> tuple[Tensor, tuple[Any, ...]]:
-            return scaled_loss(lambda *a, **k: functional_call(module, (p, buffers), a, k))
+        def objective(p: dict[str, Tensor], b: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, list[Tensor]]]:
+            scaled, (loss, aux) = scaled_loss(lambda *a, **k: functional_call(module, (p, b), a, k))
+            leaves, spec = tree_flatten(aux)
+            plain[:] = [spec, [_TENSOR if isinstance(v, Tensor) else v for v in leaves]]
+            return scaled, (loss, [v for v in leaves if isinstance(v, Tensor)])
 
-        grads, (_, extra) = grad_and_value(objective, has_aux=True)(
-            {k: v.detach() for k, v in params.items()}
+        # The buffers are an input, not captured: a forward that updates them in place
+        # (BatchNorm's running statistics) is allowed to only then.
+        grads, (_, (loss, tensors)) = grad_and_value(objective, has_aux=True)(
+            {k: v.detach() for k, v in params.items()}, dict(state["buffers"].items())
         )
         for name, p in params.items():
             g = grads[name]
             p.grad = g if p.grad is None else p.grad + g
+        spec, leaves = plain
+        it = iter(tensors)
+        aux = tree_unflatten([next(it) if v is _TENSOR else v for v in leaves], spec)
     else:
-        scaled, extra = scaled_loss(forward if forward is not None else module)
+        scaled, (loss, aux) = scaled_loss(forward if forward is not None else module)
         scaled.backward()
-    loss, aux = extra[0], (extra[1] if len(extra) > 1 else None)
 
     metrics = {"loss": loss}
     if isinstance(aux, Tensor):
@@ -279,7 +289,7 @@ def train_step(
     out = TensorDict(metrics, batch_size=[])
     if aux is not None and not isinstance(aux, Tensor):
         # A tuple or dict output (e.g. logits and features) is kept as it is, detached.
-        out.set_non_tensor("output", torch.utils._pytree.tree_map(
+        out.set_non_tensor("output", tree_map(
             lambda t: t.detach() if isinstance(t, Tensor) else t, aux))
     return state, out
 

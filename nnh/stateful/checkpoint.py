@@ -289,8 +289,9 @@ def _build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, stri
         for cb in callbacks:
             handler.add_callback(cb)
     if not skip_sampler_sde:
-        handler.sde = given_or_saved("sde", ckpt["sde"])
-        check_missing()
+        sde = given_or_saved("sde", ckpt["sde"])
+        check_missing()  # before the setter, which would refuse a placeholder less clearly
+        handler.sde = sde
         _load_sampler(handler, ckpt["sampler"], provided, dec, dec_kwargs, check_missing)
     handler.autosaver.load_state_dict(ckpt["auto_saver"])
     handler.autosaver.loaded_from = path

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nnh.func.checkpoint import atomic_save
-from nnh.stateful import checkpoint, loop, reporting, weights
+from nnh.stateful import checkpoint, loop, reporting, score_based, weights
 from nnh.stateful._logging import make_logger
 from nnh.stateful.checks import (build_optimizer_checked, check_dataset, check_device, check_flag,
                                  check_logger_level, check_loss_fn, check_module, check_scheduler_class)
@@ -104,7 +104,6 @@ class NNHandler:
     epoch = property(lambda self: self._progress.epoch, doc="Epochs trained so far (a second `train` continues here).")
     train_state = property(lambda self: self._optimization.state,
                            doc="The `nnh.func` train state (params, buffers, optimizer state, EMA, counters).")
-    sde = property(lambda self: self._sde, lambda self, value: setattr(self, "_sde", value))
 
     @property
     def module(self) -> nn.Module:
@@ -217,7 +216,14 @@ class NNHandler:
         self._callbacks.append(callback)
 
     def set_sde(self, sde_class: type, **sde_kwargs: Any) -> None:
-        self._sde = sde_class(**sde_kwargs)
+        """Use `sde_class(**sde_kwargs)` (e.g. `nnh.VPSDE`), checked at once; as `handler.sde = ...`."""
+        self.sde = score_based.build_sde(sde_class, sde_kwargs)
+
+    def _set_sde(self, sde: Any) -> None:
+        self._sde = score_based.check_sde(sde)  # duck-typed; a refused SDE changes nothing
+        self._model_type = ModelType.SCORE_BASED if sde is not None else self._model_type
+    sde = property(lambda self: self._sde, _set_sde, doc="The SDE of a score-based model; setting one sets "
+                   "model_type SCORE_BASED (None removes it).")
 
     def set_sampler(self, sampler_class: type[Sampler] | Sampler, **sampler_kwargs: Any) -> None:
         """Use a custom `Sampler`: a class built with `sampler_kwargs`, or a ready instance."""
@@ -233,15 +239,10 @@ class NNHandler:
             return None  # sampling runs on rank 0 only
         return self._sampler.sample(N, torch.device(device) if device is not None else self.device)
 
-    def sample(self, *args: Any, N: int | None = None, **kwargs: Any) -> Any:
-        """`handler.sample(N=16)` draws from the custom sampler when no SDE is set."""
-        if self._sde is None:
-            if N is None and args and isinstance(args[0], int):
-                N = args[0]
-            if N is None:
-                raise TypeError("sample: with no SDE set, call handler.sample(N=...) to use the custom sampler.")
-            return self.get_samples(N, kwargs.get("device"))
-        raise NotImplementedError("SDE sampling is not part of this nnh release.")
+    # Score-based models (`nnh.stateful.score_based`); sample(N=...) reaches the custom sampler.
+    score = score_based.score
+    sample = score_based.sample
+    log_likelihood = score_based.log_likelihood
 
     # ------------------------------------------------------------------ training
     def train(self, epochs: int, validate_every: int = 1, gradient_accumulation_steps: int = 1,
@@ -262,7 +263,7 @@ class NNHandler:
         if epochs == 0:
             return
         check_ready(config, self.optimizer, self._loss.fn, self.train_loader, self.val_loader)
-        objective = self._loss.objective(self._model_type)
+        objective = self._loss.objective(self._model_type, self._sde, self.device)
         if self._progress.starts_with_seed(seed):
             self.seed = seed
         opt, module = self._optimization, self.module

@@ -15,7 +15,7 @@ from torch import Tensor
 from nnh.stateful._batches import unpack_batch
 from nnh.stateful.enums import ModelType
 
-__all__ = ["Objective", "SupervisedObjective", "GenerativeObjective", "make_objective", "LossSpec"]
+__all__ = ["Objective", "SupervisedObjective", "GenerativeObjective", "ScoreObjective", "make_objective", "LossSpec"]
 
 
 class Objective(Protocol):
@@ -73,11 +73,49 @@ class GenerativeObjective(SupervisedObjective):
         return inputs_as_targets(inputs, targets)
 
 
+class ScoreObjective:
+    """Score-based training: `loss_fn(inputs, sde, model, device, **loss_kwargs)`, the handler's
+    convention (e.g. `nnh.func.denoising_score_matching`). The batch's other items are
+    conditioning: a tuple's items after the inputs and a dict's other keys reach the network
+    as ``model(t, x, *items, **keys)``, bound into the `model` the loss receives, so a loss
+    written for unconditional models works unchanged. A tuple returned by the loss
+    back-propagates its first element."""
+
+    model_type = ModelType.SCORE_BASED
+
+    def __init__(self, loss_fn: Callable, loss_kwargs: dict[str, Any], pass_epoch: bool, sde: Any,
+                 device: Any) -> None:
+        self.loss_fn = loss_fn
+        self.loss_kwargs = dict(loss_kwargs)
+        self.pass_epoch = pass_epoch
+        self.sde = sde
+        self.device = device
+        self.epoch = 0
+
+    def loss(self, model: Callable[..., Any], batch: Any) -> tuple[Tensor, Any]:
+        inputs, targets, args, kwargs = unpack_batch(batch)
+        if isinstance(batch, dict):  # every key but the inputs' is conditioning
+            kwargs = {k: v for k, v in batch.items() if v is not inputs}
+        elif targets is not None:
+            args = (targets, *args)
+        net = (lambda t, x: model(t, x, *args, **kwargs)) if (args or kwargs) else model
+        loss_kwargs = {**self.loss_kwargs, "epoch": self.epoch} if self.pass_epoch else self.loss_kwargs
+        result = self.loss_fn(inputs, self.sde, net, self.device, **loss_kwargs)
+        return (result[0] if isinstance(result, (tuple, list)) else result), None
+
+    def metric_target(self, batch: Any) -> Any:
+        return unpack_batch(batch)[0]
+
+
 def make_objective(model_type: ModelType, loss_fn: Callable, loss_kwargs: dict[str, Any],
-                   pass_epoch: bool) -> SupervisedObjective:
-    """The objective for `model_type` (`pass_epoch`: the loss accepts and wants `epoch=`)."""
+                   pass_epoch: bool, sde: Any = None, device: Any = None) -> Objective:
+    """The objective for `model_type` (`pass_epoch`: the loss accepts and wants `epoch=`);
+    SCORE_BASED needs the handler's `sde` and `device`."""
     if model_type is ModelType.SCORE_BASED:
-        raise NotImplementedError("train: score-based training (model_type='score_based') is not part of this nnh release.")
+        if sde is None:
+            raise RuntimeError("train: model_type='score_based' needs an SDE; call handler.set_sde(nnh.VPSDE) "
+                               "(or assign handler.sde) first.")
+        return ScoreObjective(loss_fn, loss_kwargs, pass_epoch, sde, device)
     cls = GenerativeObjective if model_type is ModelType.GENERATIVE else SupervisedObjective
     return cls(loss_fn, loss_kwargs, pass_epoch, model_type)
 
@@ -90,7 +128,7 @@ class LossSpec:
         self.fn: Callable | None = None
         self.kwargs: dict[str, Any] = {}
         self.pass_epoch = False
-        self._objective: SupervisedObjective | None = None
+        self._objective: Objective | None = None
 
     def update(self, fn: Any = None, kwargs: Any = None, pass_epoch: Any = None) -> None:
         if fn is not None:
@@ -105,10 +143,12 @@ class LossSpec:
             self.pass_epoch = bool(pass_epoch)
         self._objective = None
 
-    def objective(self, model_type: ModelType) -> SupervisedObjective:
-        if self._objective is None or self._objective.model_type is not model_type:
+    def objective(self, model_type: ModelType, sde: Any = None, device: Any = None) -> Objective:
+        """The objective for `model_type`, rebuilt when it or (for SCORE_BASED) the SDE changed."""
+        current = self._objective
+        if current is None or current.model_type is not model_type or getattr(current, "sde", sde) is not sde:
             pass_epoch = self.pass_epoch and _accepts_kwarg(self.fn, "epoch")
-            self._objective = make_objective(model_type, self.fn, self.kwargs, pass_epoch)
+            self._objective = make_objective(model_type, self.fn, self.kwargs, pass_epoch, sde, device)
         return self._objective
 
 

@@ -510,3 +510,35 @@ def test_a_state_saved_before_acc_nonfinite_existed_loads_strictly():
     load_state_from_dict(fresh, old)
     assert not bool(fresh["acc_nonfinite"])
     assert torch.equal(fresh["params", "weight"], m.weight)
+
+
+def test_a_lenient_load_copies_every_key_it_has_and_names_every_misfit():
+    w, b, c = torch.zeros(3), torch.zeros(2), torch.zeros(1)
+    state = TensorDict({"a": TensorDict({"x": torch.zeros(1)}, batch_size=[]), "w": w, "b": b, "c": c}, batch_size=[])
+    # "a" missing comes first: the keys after it are still copied.
+    load_state_from_dict(state, {"w": torch.ones(3), "b": torch.ones(2)}, strict=False)
+    assert torch.equal(w, torch.ones(3)) and torch.equal(b, torch.ones(2))
+    with pytest.raises(CheckpointError) as err:
+        load_state_from_dict(state, {"a": 5, "w": 7, "b": torch.ones(2), "c": torch.ones(1)})
+    msg = str(err.value)
+    assert "a: expected a dict" in msg and "w: checkpoint int vs state (3,)" in msg
+
+
+def test_the_temporary_file_sits_beside_the_target_and_a_name_collision_is_retried(tmp_path, monkeypatch):
+    import nnh.func.checkpoint as checkpoint
+
+    names = iter(["taken", "free"])
+    monkeypatch.setattr(checkpoint.secrets, "token_hex", lambda n: next(names))
+    (tmp_path / ".c.pth.taken.tmp").write_bytes(b"another writer's")
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(checkpoint.os, "replace", lambda src, dst: (renamed.append(src), real_replace(src, dst)))
+    atomic_save({"x": torch.ones(2)}, tmp_path / "c.pth")
+    assert renamed == [str(tmp_path / ".c.pth.free.tmp")]
+    assert (tmp_path / ".c.pth.taken.tmp").read_bytes() == b"another writer's"
+    assert torch.equal(read_checkpoint(tmp_path / "c.pth")["x"], torch.ones(2))
+
+
+def test_read_checkpoint_maps_tensors_where_asked(tmp_path):
+    atomic_save({"x": torch.ones(3)}, tmp_path / "c.pth")
+    assert read_checkpoint(tmp_path / "c.pth", map_location="meta", verify=False)["x"].device.type == "meta"

@@ -49,3 +49,10 @@ def test_ema_update_takes_a_tensor_decay_and_a_plain_dict():
     frozen = ema_update(ema.clone(), params, torch.tensor(1.0))  # decay 1: a gated-off update
     for k in ("a", "b"):
         assert torch.equal(frozen[k], ema[k])
+
+
+def test_ema_update_walks_nested_states():
+    ema = TensorDict({"enc": TensorDict({"w": torch.zeros(2)}, batch_size=[]), "b": torch.zeros(1)}, batch_size=[])
+    params = {"enc": {"w": torch.ones(2)}, "b": torch.full((1,), 2.0)}
+    ema_update(ema, params, 0.75)
+    assert ema["enc", "w"].tolist() == [0.25, 0.25] and ema["b"].tolist() == [0.5]

@@ -20,7 +20,10 @@ from nnh.func.mcmc import (
     langevin_step,
     leapfrog,
     mala_step,
+    reject_nonfinite,
     select_chains,
+    standard_normal_like,
+    uniform_per_chain,
 )
 
 
@@ -292,3 +295,114 @@ def test_noise_scale_bounds_of_the_pure_steps():
         _run("langevin", state, quadratic_eg, noise_scale=-1.0)
     new, _ = _run("langevin", state, quadratic_eg, noise_scale=0.0)  # s = 0: gradient descent, allowed
     torch.testing.assert_close(new.x, state.x)  # the gradient at 0 is 0
+
+
+def test_infinite_noise_scale_is_refused_by_langevin_too():
+    state = init_chain_state(torch.zeros(3, 2), quadratic_eg)
+    with pytest.raises(ValueError, match=r"^langevin_step: noise_scale must be finite and >= 0, got inf\.$"):
+        _run("langevin", state, quadratic_eg, noise_scale=float("inf"))
+
+
+def _step(step, state, eg, h=0.1, **kwargs):
+    """One step with exactly the draws given (`_run` draws them from a generator)."""
+    if step == "langevin":
+        kwargs.pop("uniform", None)
+        return langevin_step(state, eg, h, **kwargs)
+    return (mala_step if step == "mala" else hmc_step)(state, eg, h, **kwargs)
+
+
+@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+def test_misshapen_draws_are_refused_naming_the_step(step):
+    state = init_chain_state(torch.zeros(4, 3), quadratic_eg)
+    with pytest.raises(ValueError, match=rf"^{step}_step: noise has shape \(4, 2\)"):
+        _step(step, state, quadratic_eg, noise=torch.zeros(4, 2), uniform=torch.rand(4))
+    if step != "langevin":
+        with pytest.raises(ValueError, match=rf"^{step}_step: uniform has shape \(3,\)"):
+            _step(step, state, quadratic_eg, noise=torch.zeros(4, 3), uniform=torch.rand(3))
+        with pytest.raises(ValueError, match=rf"^{step}_step: pass uniform="):
+            _step(step, state, quadratic_eg, noise=torch.zeros(4, 3))
+
+
+def test_scalar_chains_and_a_single_chain():
+    # x of shape (B,) (event shape ()) and B = 1 take the same steps as (B, 1).
+    gen = torch.Generator().manual_seed(4)
+    x, noise, u = torch.randn(5, generator=gen), torch.randn(5, generator=gen), torch.rand(5, generator=gen)
+
+    def quadratic_eg(x):  # any event shape, () included
+        return 0.5 * (x * x).reshape(x.shape[0], -1).sum(1), x.clone()
+
+    for step in ("langevin", "mala", "hmc"):
+        flat, flat_info = _step(step, init_chain_state(x, quadratic_eg), quadratic_eg, noise=noise, uniform=u)
+        col, col_info = _step(step, init_chain_state(x[:, None], quadratic_eg), quadratic_eg, noise=noise[:, None],
+                              uniform=u)
+        torch.testing.assert_close(flat.x, col.x[:, 0])
+        assert torch.equal(flat_info.accepted, col_info.accepted)
+        one, _ = _step(step, init_chain_state(x[:1, None], quadratic_eg), quadratic_eg, noise=noise[:1, None],
+                       uniform=u[:1])
+        torch.testing.assert_close(one.x, col.x[:1])
+    mask = torch.tensor([True, False])
+    assert select_chains(mask, torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])).tolist() == [1.0, 4.0]
+
+
+def test_an_energy_of_minus_infinity_is_no_finite_proposal_and_u_of_zero_accepts_nothing_wrong():
+    # Proposal energies: chain 0 finite, chain 1 -inf (log alpha = +inf), chain 2 NaN.
+    def eg(x):
+        energy = quadratic(x).clone()
+        energy[1], energy[2] = -math.inf, math.nan
+        return energy, x.clone()
+
+    state = init_chain_state(torch.ones(3, 2), quadratic_eg)
+    noise, zero = torch.full((3, 2), 0.1), torch.zeros(3)
+    for step in ("mala", "hmc"):
+        new, info = _step(step, state, eg, noise=noise, uniform=zero)
+        assert info.finite.tolist() == [True, False, False] and info.accepted.tolist() == [True, False, False]
+        assert info.accept_prob[1:].tolist() == [0.0, 0.0]
+        torch.testing.assert_close(new.x[1:], state.x[1:])
+    # Langevin moves on the gradient alone: an energy that is not finite does not stop it.
+    new, info = _step("langevin", state, eg, noise=noise)
+    assert info.accepted.all() and not torch.equal(new.x, state.x)
+
+
+def test_the_generator_draws_every_random_number_and_float64_chains_stay_float64():
+    state = init_chain_state(torch.zeros(6, 2, dtype=torch.float64), quadratic_eg)
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)  # must not matter
+        new, info = _step("mala", state, quadratic_eg, 0.5, generator=torch.Generator().manual_seed(9))
+        runs.append((new.x, info.accepted))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][0].dtype == torch.float64
+
+
+def test_documented_defaults_of_the_steps():
+    # mala: noise_scale 1; hmc: 10 leapfrog steps, mass 1.
+    state = init_chain_state(torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), quadratic_eg)
+    noise, u = torch.randn(4, 2, generator=torch.Generator().manual_seed(1)), torch.rand(4)
+    a, _ = mala_step(state, quadratic_eg, 0.2, noise=noise, uniform=u)
+    b, _ = mala_step(state, quadratic_eg, 0.2, 1.0, noise=noise, uniform=u)
+    assert torch.equal(a.x, b.x)
+    counting = CountingEnergy()
+    eg = energy_and_grad_fn(counting)
+    a, _ = hmc_step(state, eg, 0.1, noise=noise, uniform=u)
+    assert counting.calls == 10
+    b, _ = hmc_step(state, eg, 0.1, 10, 1.0, noise=noise, uniform=u)
+    assert torch.equal(a.x, b.x)
+    hmc_step(state, eg, 0.1, 1, noise=noise, uniform=u)  # one leapfrog step is allowed
+    assert counting.calls == 21
+
+
+def test_draws_follow_the_chains_dtype_from_the_generator():
+    x = torch.zeros(5, 3, dtype=torch.float64)
+    noise = standard_normal_like(x, torch.Generator().manual_seed(2))
+    assert torch.equal(noise, torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    u = uniform_per_chain(x, torch.Generator().manual_seed(3))
+    assert torch.equal(u, torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+
+
+def test_reject_nonfinite_checks_the_energy_unless_told_not_to():
+    old = init_chain_state(torch.zeros(2, 2), quadratic_eg)
+    new = ChainState(torch.ones(2, 2), torch.tensor([1.0, math.nan]), torch.ones(2, 2))
+    state, info = reject_nonfinite(old, new)
+    assert info.finite.tolist() == [True, False] and state.x[1].tolist() == [0.0, 0.0]
+    _, info = reject_nonfinite(old, new, check_energy=False)
+    assert info.finite.tolist() == [True, True]

@@ -133,7 +133,7 @@ def test_a_state_without_acc_nonfinite_still_trains():
     assert bool(mt["stepped"]) and "acc_nonfinite" in s.keys() and int(s["step"]) == 1
 
 
-def test_step_fallback_under_compile_is_refused(monkeypatch):
+def test_step_fallback_is_refused_when_traced(monkeypatch):
     m = _net()
     opt = torch.optim.RMSprop(m.parameters(), lr=1e-2)
     s = init_train_state(m, opt)

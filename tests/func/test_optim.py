@@ -16,6 +16,8 @@ CASES = [
     (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
     (torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-2)),
     (torch.optim.Adam, dict(lr=1e-2, amsgrad=True)),
+    (torch.optim.Adam, dict(lr=1e-2, weight_decay=1.0)),  # 1 is no special value
+    (torch.optim.SGD, dict(lr=0.01, momentum=1.0)),  # nor for the momentum
     (torch.optim.AdamW, dict(lr=1e-2)),
     (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, betas=(0.8, 0.95), maximize=True)),
     (torch.optim.RMSprop, dict(lr=1e-2)),  # not foreach: stepped through .step()
@@ -71,7 +73,8 @@ GATED = [c for c in CASES if c[0] is not torch.optim.RMSprop] + [
 
 def _bits(t):
     # Bitwise comparison: NaN == NaN and -0.0 != +0.0, unlike torch.equal.
-    return t.detach().view(torch.int32) if t.dtype == torch.float32 else t.detach()
+    views = {torch.float32: torch.int32, torch.float64: torch.int64}
+    return t.detach().view(views[t.dtype]) if t.dtype in views else t.detach()
 
 
 def _tensors(m, opt):
@@ -84,14 +87,16 @@ def _tensors(m, opt):
 def _set_grads(m, seed, nan=False):
     g = torch.Generator().manual_seed(seed)
     for p in m.parameters():
-        p.grad = torch.randn(p.shape, generator=g)
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
         if nan:
             p.grad.view(-1)[0] = float("nan")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cls,kwargs", GATED, ids=lambda c: getattr(c, "__name__", str(c)))
-def test_gated_update_equals_ungated_bitwise_and_found_inf_is_an_identity(cls, kwargs):
-    plain, gated = _net(), _net()
+def test_gated_update_equals_ungated_bitwise_and_found_inf_is_an_identity(cls, kwargs, dtype):
+    # float64 parameters get float64 gated coefficients, as the ungated kernels use.
+    plain, gated = _net().to(dtype), _net().to(dtype)
     opt_p, opt_g = cls(plain.parameters(), **kwargs), cls(gated.parameters(), **kwargs)
     init_optimizer_state(opt_p), init_optimizer_state(opt_g)
     step = torch.zeros((), dtype=torch.int64)
@@ -107,7 +112,7 @@ def test_gated_update_equals_ungated_bitwise_and_found_inf_is_an_identity(cls, k
         optimizer_update(opt_g, step, found_inf=torch.zeros(1))
         assert all(torch.equal(a, b) for a, b in zip(_tensors(plain, opt_p), _tensors(gated, opt_g)))
         step += 1
-    assert not torch.equal(_tensors(gated, opt_g)[0], _bits(_net()[0].weight))  # it did move
+    assert not torch.equal(_tensors(gated, opt_g)[0], _bits(_net()[0].weight.to(dtype)))  # it did move
 
 
 def test_step_fallback_reads_found_inf():
@@ -120,3 +125,44 @@ def test_step_fallback_reads_found_inf():
     _set_grads(m, 0)
     optimizer_update(opt, torch.zeros((), dtype=torch.int64), found_inf=torch.zeros(1))
     assert not torch.equal(before[0], _tensors(m, opt)[0])
+
+
+def test_fused_and_differentiable_optimizers_are_stepped_by_their_own_step():
+    # nnh's foreach maths is not theirs (fused kernels, autograd through the update): their
+    # own step() must run, once per update.
+    m = _net()
+    for flag in ("fused", "differentiable"):
+        assert not has_functional_update(torch.optim.Adam(m.parameters(), lr=1e-2, **{flag: True}))
+    assert has_functional_update(torch.optim.Adam(m.parameters(), lr=1e-2))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2, fused=True)
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    _set_grads(m, 0)
+    optimizer_update(opt, torch.zeros((), dtype=torch.int64))
+    assert calls == [1]
+
+
+def test_state_is_created_for_every_parameter_without_any_yet():
+    # A parameter that already has state (from an earlier torch step) is skipped, not the rest.
+    m = _net()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = next(m.parameters())
+    first.grad = torch.ones_like(first)
+    opt.step()
+    init_optimizer_state(opt)
+    assert all(set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"} for p in m.parameters())
+    assert float(opt.state[first]["step"]) == 1.0
+
+
+def test_schedulers_see_the_foreach_update_as_an_optimizer_step():
+    # Otherwise every LR scheduler warns that it was stepped before the optimizer.
+    import warnings
+
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    _set_grads(m, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer_update(opt, torch.zeros((), dtype=torch.int64))
+        sched.step()

@@ -259,3 +259,128 @@ def test_ema_decay_zero_copies_the_weights():
     train_step(state, (x, y), module=m, loss_fn=_loss, optimizer=opt, ema_decay=0.0)
     for name, p in m.named_parameters():
         assert torch.equal(state["ema", name], p.detach())
+
+
+class _Scaled(nn.Module):
+    """A forward with an extra positional and keyword argument, and a buffer it updates."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        # (a bias before a BatchNorm would get a zero gradient, and Adam turns the rounding
+        # noise of a zero into full steps: no comparison of two paths could hold)
+        self.norm, self.lin = nn.BatchNorm1d(5), nn.Linear(5, 3)
+
+    def forward(self, x, scale, *, shift):
+        return self.lin(self.norm(x)) * scale + shift
+
+
+def _scaled_loss(model, batch):
+    out = model(batch[0], 2.0, shift=0.5)
+    return nn.functional.cross_entropy(out, batch[1]), (out, {"n": out.shape[0]})
+
+
+def test_the_torch_func_path_of_a_traced_step_equals_the_eager_one(monkeypatch):
+    # Under torch.compile the gradients come from torch.func over a functional call, and the
+    # update is gated on the device. Run that code path eagerly against the backward path:
+    # two accumulated micro-batches, a buffer, arguments and a tuple output.
+    runs = {}
+    for traced in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: traced)
+        m = _Scaled()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        s = init_train_state(m, opt)
+        for i in range(6):
+            _, mt = train_step(s, _data(8, seed=i), module=m, loss_fn=_scaled_loss, optimizer=opt,
+                               micro_batch=i % 2, update=i % 2 == 1, skip_nonfinite=True)
+        out, extra = mt.get_non_tensor("output")
+        assert out.shape == (8, 3) and out.grad_fn is None and extra == {"n": 8}
+        runs[traced] = [t.detach().clone() for t in (*m.parameters(), *m.buffers())], int(s["step"])
+    monkeypatch.undo()
+    (eager, steps_e), (traced, steps_t) = runs[False], runs[True]
+    assert steps_e == steps_t == 3
+    for a, b in zip(eager, traced):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager[3], _Scaled().lin.bias)  # it trained
+
+
+def test_init_train_state_layout():
+    # The documented dtypes, no EMA or scaler unless asked, and a module without parameters.
+    s = init_train_state(nn.ReLU())
+    assert set(s.keys()) == {"params", "buffers", "step", "acc_samples", "acc_nonfinite"}
+    assert (s["step"].dtype, s["acc_samples"].dtype, s["acc_nonfinite"].dtype) == (torch.int64, torch.float32, torch.bool)
+    assert set(init_train_state(nn.BatchNorm1d(3))["buffers"].keys()) == {"running_mean", "running_var",
+                                                                         "num_batches_tracked"}
+    s = init_train_state(_net(), grad_scaler=True, init_scale=8.0)
+    assert (s["scaler", "scale"].dtype, s["scaler", "growth_tracker"].dtype) == (torch.float32, torch.int32)
+    assert float(s["scaler", "scale"]) == 8.0 and "ema" not in s.keys()
+
+
+def test_batch_size_of_a_scalar_and_of_a_batch_whose_first_item_holds_no_tensor():
+    assert batch_size_of(torch.tensor(2.5)) == 1
+    assert batch_size_of(({"note": "x"}, ["y"], torch.zeros(6, 2))) == 6
+
+
+def test_clip_grad_norm_uses_the_same_coefficient_as_torch():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)]
+    ref = [nn.Parameter(t.clone()) for t in grads]
+    for p, t in zip(ref, grads):
+        p.grad = t.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm=0.5)
+    norm = clip_grad_norm(grads, 0.5)
+    assert norm.item() == pytest.approx(expected_norm.item(), rel=1e-15)
+    for p, t in zip(ref, grads):
+        torch.testing.assert_close(t, p.grad, rtol=1e-15, atol=0)
+    assert float(clip_grad_norm([], 1.0)) == 0.0
+    half = [torch.full((4,), 2.0, dtype=torch.bfloat16)]  # bf16 gradients take a bf16 coefficient
+    clip_grad_norm(half, 1.0)
+    assert half[0].dtype == torch.bfloat16 and half[0].tolist() == pytest.approx([0.5] * 4, rel=1e-2)
+
+
+def test_defaults_skip_nothing_and_an_update_free_micro_batch_reports_no_step():
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    s = init_train_state(m, opt)
+    _, mt = train_step(s, _data(4), module=m, loss_fn=lambda model, b: (_loss(model, b)[0],), optimizer=opt,
+                       update=False)
+    assert "nonfinite" not in mt.keys() and "output" not in mt.keys()  # a 1-tuple: the loss alone
+    assert mt["stepped"].dtype == torch.bool and not bool(mt["stepped"])
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_the_forward_given_is_the_one_run():
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    calls = []
+
+    def forward(x):
+        calls.append(x.shape[0])
+        return m(x)
+
+    train_step(init_train_state(m, opt), _data(4), module=m, loss_fn=_loss, optimizer=opt, forward=forward)
+    assert calls == [4]
+
+
+def test_ema_decay_one_freezes_the_ema():
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    s = init_train_state(m, opt, ema=True)
+    before = s["ema"].clone()
+    for skip in (False, True):
+        train_step(s, _data(4), module=m, loss_fn=_loss, optimizer=opt, ema_decay=1.0, skip_nonfinite=skip)
+    assert int(s["step"]) == 2 and (before == s["ema"]).all()
+
+
+def test_fp16_autocast_runs_the_forward_in_fp16_and_no_amp_warns_nothing():
+    import warnings
+
+    m = _net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    s = init_train_state(m, opt, grad_scaler=True)
+    _, mt = train_step(s, _data(4), module=m, loss_fn=_loss, optimizer=opt, amp_dtype=torch.float16)
+    assert mt["output"].dtype == torch.float16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, mt = train_step(s, _data(4), module=m, loss_fn=_loss, optimizer=opt)
+    assert mt["output"].dtype == torch.float32

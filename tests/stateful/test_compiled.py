@@ -16,7 +16,8 @@ from nnh import NNHandler
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+        # BatchNorm: a forward that updates buffers in place, which the traced step must allow.
+        self.net = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
 
     def forward(self, x):
         return self.net(x)
@@ -54,8 +55,9 @@ def test_compiled_step_matches_eager_and_compiles_a_bounded_number_of_graphs():
     # for the second call, none for the learning rate the scheduler changes every epoch.
     assert 1 <= after_first - before <= 3
     assert counters["stats"]["unique_graphs"] == after_first
-    for a, b in zip(eager.module.parameters(), compiled.module.parameters()):
+    for a, b in zip(eager.module.state_dict().values(), compiled.module.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert int(compiled.module.net[0].num_batches_tracked) == 16
     assert compiled.train_losses == pytest.approx(eager.train_losses, rel=1e-5)
     assert int(compiled.train_state["step"]) == int(eager.train_state["step"]) == 16
 

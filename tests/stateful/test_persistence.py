@@ -544,10 +544,10 @@ def _full_handler() -> NNHandler:
     h = build_handler()
     h.add_callback(CountingCallback("first"))
     h.add_callback(CountingCallback("second"))
-    h.sde = ToySDE(sigma=2.5)
     h.set_sampler(ShiftSampler, model=h.module, transform=torch.nn.functional.relu)
     h.sampler.shift += 1.5
     h.train(2, ema_decay=0.9, **QUIET)
+    h.sde = ToySDE(scale=2.5)  # after training: an SDE makes the handler score-based
     return h
 
 
@@ -593,7 +593,7 @@ def test_load_restores_every_part(tmp_path):
     assert loaded.train_metrics_history == h.train_metrics_history
     assert [(c.tag, c.epochs_seen) for c in loaded.callbacks] == [("first", 2), ("second", 2)]
     assert all(c.handler is loaded for c in loaded.callbacks)
-    assert isinstance(loaded.sde, ToySDE) and loaded.sde.sigma == 2.5
+    assert isinstance(loaded.sde, ToySDE) and loaded.sde.scale == 2.5
     assert (loaded.save_interval, loaded.save_path, loaded.save_model_name, loaded.overwrite_last_saved) == (
         3, str(tmp_path / "auto"), "m{epoch}_{val_acc:.2f}", True)
     assert loaded.preemption.target(loaded.save_path) == str(tmp_path / "pre.pth")

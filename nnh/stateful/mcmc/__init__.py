@@ -22,7 +22,7 @@ from nnh.stateful.mcmc.schedulers import LinearScheduler
 from nnh.stateful.mcmc.schedulers import MultiStepScheduler
 from nnh.stateful.mcmc.schedulers import TemperatureScheduler
 from nnh.stateful.mcmc.schedulers import WarmupScheduler
-# TorchEBM parity (issue 11)
+# Names a TorchEBM user finds under the same spelling
 from nnh.stateful.mcmc.contrastive_divergence import PersistentContrastiveDivergence
 from nnh.stateful.mcmc.descent import GradientDescentSampler
 from nnh.stateful.mcmc.descent import NesterovSampler
@@ -72,7 +72,7 @@ __all__ = [
     "WarmupScheduler",
     "plot_samples_vs_density",
     "plot_trajectory",
-    # TorchEBM parity (issue 11)
+    # Names a TorchEBM user finds under the same spelling
     "PersistentContrastiveDivergence",
     "GradientDescentSampler",
     "NesterovSampler",

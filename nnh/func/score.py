@@ -1,0 +1,79 @@
+r"""The score convention of nnh's score-based models, and the denoising score-matching loss.
+
+The network outputs sigma(t) times the score (Song et al. 2021; Song & Ermon 2019):
+
+.. math:: \mathrm{net}(t, x, \dots) = \sigma(t)\, \nabla_x \log p_t(x), \qquad
+          s_\theta(t, x) = \mathrm{net}(t, x, \dots) / \sigma(t)
+
+so its target has unit scale at every t: for :math:`x_t = m(t) x_0 + \sigma(t) z`, the score of
+:math:`p_t(x_t \mid x_0)` times sigma(t) is -z. The network is called as ``net(t, x, *args)``
+with t of shape (B,) and x of shape (B, *event_shape); ``args`` are conditioning inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from nnh.func.sde import as_time, per_sample
+
+__all__ = ["batch_time", "model_score", "dsm_loss", "denoising_score_matching"]
+
+
+def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
+    """`t` as a (B,) tensor for x (B, *event_shape): a float or 0-d tensor is repeated B times
+    (a float in x's dtype and on x's device); a (B,) tensor is returned as it is."""
+    t = as_time(t, x)
+    if t.dim() == 0:
+        return t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t of shape {tuple(t.shape)} does not fit x of shape {tuple(x.shape)}; pass a float, "
+                         f"a 0-d tensor or a ({x.shape[0]},) tensor.")
+    return t
+
+
+def model_score(net: Callable[..., Tensor], sde: Any, t: float | Tensor, x: Tensor, *args: Any) -> Tensor:
+    r"""The score :math:`s_\theta(t, x) = \mathrm{net}(t, x, *args) / \sigma(t)`, shaped like x.
+
+    ``t`` may be a float, a 0-d tensor or a (B,) tensor; the network always receives (B,).
+    """
+    t = batch_time(t, x)
+    return net(t, x, *args) / per_sample(sde.sigma(t), x)
+
+
+def dsm_loss(net: Callable[..., Tensor], sde: Any, x0: Tensor, t: Tensor, z: Tensor, *args: Any) -> Tensor:
+    r"""The denoising score-matching loss for given times and noise:
+
+    .. math:: L = \frac1B \sum_{b} \big\| \mathrm{net}(t_b, m(t_b) x_{0,b} + \sigma(t_b) z_b) + z_b \big\|^2
+
+    the squared error summed over the dimensions of each sample and averaged over the batch.
+    Its minimiser is sigma(t) times the score of p_t (Vincent 2011).
+
+    Args:
+        net: ``net(t, x, *args)`` with t (B,) and x (B, *event_shape).
+        sde: has ``marginal_prob(t, x) -> (mean, std)``.
+        x0: data, (B, *event_shape).
+        t: times, (B,), usually uniform on [sde.epsilon, sde.T].
+        z: standard normal noise shaped like x0.
+    Returns: a 0-d tensor.
+    """
+    mean, std = sde.marginal_prob(t, x0)
+    residual = net(t, mean + std * z, *args) + z
+    return residual.square().sum() / x0.shape[0]
+
+
+def denoising_score_matching(x0: Tensor, sde: Any, model: Callable[..., Tensor], device: Any = None,
+                             generator: torch.Generator | None = None) -> Tensor:
+    r"""`dsm_loss` with t ~ U(epsilon, T) and z ~ N(0, I) drawn here: the ready loss of a
+    score-based `NNHandler` (``handler.set_loss_fn(nnh.denoising_score_matching)``), which calls
+    ``loss_fn(inputs, sde, model, device)``; conditioning is bound into `model` by the handler.
+
+    Draws from `generator`, or from the global RNG when it is None. `device` is accepted for the
+    handler's loss convention; the draws follow x0's device.
+    """
+    t = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype, generator=generator)
+    t = sde.epsilon + (sde.T - sde.epsilon) * t
+    z = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    return dsm_loss(model, sde, x0, t, z)

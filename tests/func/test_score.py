@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from nnh.func import VESDE, VPSDE, batch_time, denoising_score_matching, dsm_loss, model_score
+
+
+class Recorder:
+    """A network returning sigma(t) * (-x), which records the times it is called with."""
+
+    def __init__(self, sde):
+        self.sde, self.times = sde, []
+
+    def __call__(self, t, x, *args):
+        self.times.append(t)
+        return -self.sde.sigma(t)[:, None] * x * (1 + sum(args))
+
+
+@pytest.mark.parametrize("t", [0.3, torch.tensor(0.3), torch.full((4,), 0.3)], ids=["float", "0-d", "(B,)"])
+def test_model_score_divides_by_sigma_and_gives_the_network_batched_times(t):
+    sde, x = VPSDE(), torch.randn(4, 2)
+    net = Recorder(sde)
+    torch.testing.assert_close(model_score(net, sde, t, x), -x)
+    torch.testing.assert_close(model_score(net, sde, t, x, 2.0), -3 * x)  # conditioning reaches the network
+    assert all(s.shape == (4,) for s in net.times)
+
+
+def test_batch_time_refuses_a_mismatched_batch():
+    with pytest.raises(ValueError, match=r"t of shape \(3,\) does not fit x of shape \(4, 2\)"):
+        batch_time(torch.zeros(3), torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=repr)
+def test_dsm_loss_is_zero_for_the_network_that_knows_the_noise(sde):
+    # x_t = m x0 + sigma z, and sigma * score of p(x_t | x0) is -z: a network returning exactly
+    # that has loss 0; a network returning 0 has loss sum(z^2) / B.
+    torch.manual_seed(0)
+    x0, z = torch.randn(8, 3), torch.randn(8, 3)
+    t = torch.rand(8) * 0.9 + 0.05
+
+    def oracle(tt, xt):
+        mean, std = sde.marginal_prob(tt, x0)
+        return -(xt - mean) / std
+
+    assert dsm_loss(oracle, sde, x0, t, z).item() == pytest.approx(0.0, abs=1e-9)
+    assert dsm_loss(lambda tt, xt: torch.zeros_like(xt), sde, x0, t, z).item() == pytest.approx(
+        (z ** 2).sum().item() / 8, rel=1e-6)
+
+
+def test_denoising_score_matching_draws_t_in_the_interval_and_z_standard_normal():
+    sde = VPSDE(epsilon=0.2, T=2.0)
+    x0 = torch.randn(5, 2)
+    seen = []
+
+    def net(t, x):
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    loss = denoising_score_matching(x0, sde, net, "cpu", generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = 0.2 + 1.8 * torch.rand(5, generator=g)
+    z = torch.randn(5, 2, generator=g)
+    torch.testing.assert_close(seen[0], t)
+    assert loss.item() == pytest.approx((z ** 2).sum().item() / 5, rel=1e-6)
