@@ -9,6 +9,9 @@ drift function ``drift_fn(x, t) -> f`` (x (B, *event_shape), t (B,)) and a diffu
 - `heun_update`: the second-order predictor-corrector for the drift (Heun's method);
 - `rk4_update`: the classical fourth-order Runge-Kutta step for the drift.
 
+The drift schemes are those of `nnh.func.ode` (`heun_step`, `rk4_step`, with ``fn(t, y)``),
+run on the state x: these are their spellings with the drift's argument order.
+
 For an SDE the noise is added after the drift update at Euler-Maruyama order (strong order
 1/2 whatever the drift scheme). Hamiltonian dynamics, :math:`H(x, p)`:
 
@@ -28,6 +31,7 @@ from torch import Tensor
 
 from nnh.func._event import event_sum
 from nnh.func.energy_grad import EnergyAndGrad
+from nnh.func.ode import axpy, heun_step, rk4_step
 
 __all__ = [
     "Drift",
@@ -52,49 +56,33 @@ def euler_maruyama_update(
     r""":math:`x' = x + h f + s\sqrt{2h}\,\xi`: one Euler-Maruyama step of
     :math:`dx = f\,dt + s\sqrt2\,dW` given the drift value ``drift`` = f(x, t) (shaped like x),
     h = step_size, s = noise_scale and standard-normal ``noise`` (ignored when s is 0; with
-    s = 0 or no noise this is Euler's method)."""
-    out = _axpy(x, step_size, drift)
+    s = 0 or no noise this is Euler's method, `nnh.func.euler_step`)."""
+    out = axpy(x, step_size, drift)
     if noise is None or (isinstance(noise_scale, (int, float)) and noise_scale == 0.0):
         return out
     # ** 0.5 serves Python floats and tensors alike (a float h stays a float: no device tensor).
     return out + (noise_scale * (2.0 * step_size) ** 0.5) * noise
 
 
-def _later(t: Tensor | None, dt: float | Tensor) -> Tensor | None:
-    return None if t is None else t + dt
-
-
-def _axpy(x: Tensor, a: float | Tensor, y: Tensor) -> Tensor:
-    # x + a y in one kernel when a is a Python number (the samplers pass floats).
-    return torch.add(x, y, alpha=a) if isinstance(a, (int, float)) else x + a * y
-
-
 def heun_update(
     x: Tensor, drift_fn: Drift, step_size: float | Tensor, t: Tensor | None = None, drift_x: Tensor | None = None
 ) -> Tensor:
-    r"""Heun's method for :math:`\dot x = f(x, t)`:
+    r"""Heun's method for :math:`\dot x = f(x, t)` (`nnh.func.heun_step` on the state x):
 
     .. math:: \tilde x = x + h f(x, t), \qquad x' = x + \tfrac h2 \big[f(x, t) + f(\tilde x, t + h)\big]
 
     Two drift evaluations, or one when ``drift_x`` = f(x, t) is known. Second order. ``t``
     (B,) may be None for an autonomous drift (it is then passed on as None)."""
-    k1 = drift_fn(x, t) if drift_x is None else drift_x
-    k2 = drift_fn(_axpy(x, step_size, k1), _later(t, step_size))
-    return _axpy(x, 0.5 * step_size, k1 + k2)
+    return heun_step(lambda s, y: drift_fn(y, s), t, x, step_size, drift_x)
 
 
 def rk4_update(x: Tensor, drift_fn: Drift, step_size: float | Tensor, t: Tensor | None = None) -> Tensor:
-    r"""The classical Runge-Kutta step for :math:`\dot x = f(x, t)`, fourth order, four drift
-    evaluations: :math:`x' = x + \tfrac h6 (k_1 + 2k_2 + 2k_3 + k_4)` with
-    :math:`k_1 = f(x, t)`, :math:`k_2 = f(x + \tfrac h2 k_1, t + \tfrac h2)`,
-    :math:`k_3 = f(x + \tfrac h2 k_2, t + \tfrac h2)`, :math:`k_4 = f(x + h k_3, t + h)`."""
-    half = 0.5 * step_size
-    t_half = _later(t, half)
-    k1 = drift_fn(x, t)
-    k2 = drift_fn(_axpy(x, half, k1), t_half)
-    k3 = drift_fn(_axpy(x, half, k2), t_half)
-    k4 = drift_fn(_axpy(x, step_size, k3), _later(t, step_size))
-    return _axpy(x, step_size / 6.0, k2.add(k3).mul_(2.0).add_(k1).add_(k4))
+    r"""The classical Runge-Kutta step for :math:`\dot x = f(x, t)` (`nnh.func.rk4_step` on the
+    state x), fourth order, four drift evaluations:
+    :math:`x' = x + \tfrac h6 (k_1 + 2k_2 + 2k_3 + k_4)` with :math:`k_1 = f(x, t)`,
+    :math:`k_2 = f(x + \tfrac h2 k_1, t + \tfrac h2)`, :math:`k_3 = f(x + \tfrac h2 k_2, t + \tfrac h2)`,
+    :math:`k_4 = f(x + h k_3, t + h)`."""
+    return rk4_step(lambda s, y: drift_fn(y, s), t, x, step_size)
 
 
 def kinetic_energy(p: Tensor, mass: float | Tensor = 1.0) -> Tensor:
