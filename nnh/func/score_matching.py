@@ -15,9 +15,10 @@ and both take their randomness as arguments.
   .. math:: L = \mathbb E_x\, \mathbb E_v \big[ v^\top \nabla_x (v^\top s_\theta(x)) + \tfrac12 (v^\top s_\theta(x))^2 \big]
 
   which equals, up to a constant, the Fisher divergence to the data. The first term is a
-  Hutchinson estimate of :math:`\mathrm{tr}\,\nabla_x s_\theta`; all K probes come from one
-  batched vector-Jacobian product (`hutchinson_divergence_of_score`), not a loop over probes and
-  not K copies of the batch.
+  Hutchinson estimate of :math:`\mathrm{tr}\,\nabla_x s_\theta` by `nnh.func.hutchinson_divergence`
+  (the estimator the likelihoods of score-based models use): all K probes come from one
+  vmapped vector-Jacobian product of the score, not a loop over probes and not K copies of
+  the batch.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import torch
 from torch import Tensor
 
 from nnh.func._event import event_sum
+from nnh.func.divergence import hutchinson_divergence, hutchinson_probes
 
 __all__ = [
     "denoising_score_matching_loss",
     "energy_score",
-    "hutchinson_divergence_of_score",
     "projection_probes",
     "sliced_score_matching_loss",
 ]
@@ -50,40 +51,41 @@ def energy_score(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
 def _energy_gradient(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
-        energy = energy_fn(leaf)
-        if energy.shape != (x.shape[0],):
-            raise ValueError(
-                f"score matching: the energy must have shape ({x.shape[0]},), got {tuple(energy.shape)}; "
-                "end forward with .squeeze(-1) or a sum over event dimensions."
-            )
-        (grad,) = torch.autograd.grad(energy.sum(), leaf, create_graph=True)
+        (grad,) = torch.autograd.grad(_checked_energy(energy_fn, leaf).sum(), leaf, create_graph=True)
     return grad, leaf
 
 
-def hutchinson_divergence_of_score(score: Tensor, leaf: Tensor, probes: Tensor) -> Tensor:
-    r""":math:`\frac1K \sum_k v_k^\top (\partial s / \partial x)\, v_k` per sample, (B,): the
-    Hutchinson estimate of the divergence of ``score`` (a function of ``leaf``, with its graph)
-    from ``probes`` (K, B, *event_shape). The K vector-Jacobian products come from one batched
-    ``torch.autograd.grad`` call; the result stays differentiable in the parameters.
+def _checked_energy(energy_fn: EnergyFn, x: Tensor) -> Tensor:
+    energy = energy_fn(x)
+    if energy.shape != (x.shape[0],):
+        raise ValueError(
+            f"score matching: the energy must have shape ({x.shape[0]},), got {tuple(energy.shape)}; "
+            "end forward with .squeeze(-1) or a sum over event dimensions."
+        )
+    return energy
 
-    With the D basis vectors as probes it is the exact trace of the Jacobian.
-    """
-    with torch.enable_grad():
-        (vjp,) = torch.autograd.grad(score, leaf, grad_outputs=probes, is_grads_batched=True, create_graph=True)
-    k = probes.shape[0]
-    return event_sum((vjp * probes).reshape(k * leaf.shape[0], *leaf.shape[1:])).view(k, -1).mean(0)
+
+def _score_fn(energy_fn: EnergyFn) -> Callable[[Tensor], Tensor]:
+    # x -> -grad U(x) by torch.func, so that hutchinson_divergence can differentiate it again; the
+    # result stays differentiable in U's parameters (torch.func composes with autograd outside it).
+    grad = torch.func.grad(lambda x: _checked_energy(energy_fn, x).sum())
+    return lambda x: -grad(x)
 
 
 def projection_probes(
     n_projections: int, x: Tensor, kind: str = "rademacher", generator: torch.Generator | None = None
 ) -> Tensor:
     r"""K = ``n_projections`` probes shaped (K, *x.shape), with :math:`\mathbb E[vv^\top] = I`:
-    ``"rademacher"`` (entries +-1), ``"gaussian"`` (standard normal) or ``"sphere"`` (uniform on
-    the sphere of radius :math:`\sqrt D` over the last dimension, as in sliced score matching)."""
+    ``"gaussian"`` (standard normal, `nnh.func.hutchinson_probes`), ``"rademacher"`` (entries +-1,
+    the signs of that Gaussian draw) or ``"sphere"`` (that draw normalised to the sphere of
+    radius :math:`\sqrt D` over the last dimension, as in sliced score matching)."""
     if kind not in ("rademacher", "gaussian", "sphere"):
         raise ValueError(f"projection_probes: kind must be 'rademacher', 'gaussian' or 'sphere', got {kind!r}.")
-    v = torch.randn((n_projections, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
+    v = hutchinson_probes(x, n_projections, "gaussian", generator)
     if kind == "rademacher":
+        # Signs of the Gaussian draw, as TorchEBM draws them, so a seed gives the loss TorchEBM's
+        # SlicedScoreMatching gives (benchmarks/mcmc_parity.py checks it); hutchinson_probes'
+        # Rademacher draw has the same law from another stream of numbers.
         return v.sign_()
     if kind == "sphere":
         return torch.nn.functional.normalize(v, dim=-1) * x.shape[-1] ** 0.5
@@ -108,7 +110,9 @@ def denoising_score_matching_loss(energy_fn: EnergyFn, x: Tensor, noise: Tensor,
 def sliced_score_matching_loss(energy_fn: EnergyFn, x: Tensor, probes: Tensor) -> Tensor:
     r"""The sliced score-matching loss, a scalar:
     :math:`\frac1B \sum_b \frac1K \sum_k \big[v_{kb}^\top \nabla_x(v_{kb}^\top s(x_b)) + \tfrac12 (v_{kb}^\top s(x_b))^2\big]`
-    with :math:`s = -\nabla_x U`.
+    with :math:`s = -\nabla_x U`, differentiable in U's parameters. The first term is
+    `nnh.func.hutchinson_divergence` of s: one forward and one backward pass for s, then one
+    vmapped vector-Jacobian product of s over the K probes.
 
     Args:
         energy_fn: U, differentiable. x: data (B, *event_shape).
@@ -119,8 +123,7 @@ def sliced_score_matching_loss(energy_fn: EnergyFn, x: Tensor, probes: Tensor) -
             f"sliced_score_matching_loss: probes must be (K, *x.shape) = (K, {', '.join(map(str, x.shape))}), "
             f"got {tuple(probes.shape)}."
         )
-    score, leaf = energy_score(energy_fn, x)
-    divergence = hutchinson_divergence_of_score(score, leaf, probes)
+    score, divergence = hutchinson_divergence(_score_fn(energy_fn), x.detach(), probes)
     k = probes.shape[0]
     projected = event_sum((probes * score).reshape(k * x.shape[0], *x.shape[1:])).view(k, -1)
     return (divergence + 0.5 * projected.square().mean(0)).mean()

@@ -1,15 +1,16 @@
-"""Score-matching losses against their closed forms on Gaussian data and a Gaussian energy, and
-the batched Hutchinson divergence against the exact Jacobian trace."""
+"""Score-matching losses against their closed forms on Gaussian data and a Gaussian energy; the
+sliced loss with basis probes against the exact (Hyvarinen) objective, value and parameter
+gradient; the probes."""
 
 import math
 
 import pytest
 import torch
 
+from nnh.func import hutchinson_probes
 from nnh.func.score_matching import (
     denoising_score_matching_loss,
     energy_score,
-    hutchinson_divergence_of_score,
     projection_probes,
     sliced_score_matching_loss,
 )
@@ -60,18 +61,37 @@ def test_sliced_loss_matches_its_closed_form_and_is_minimal_at_the_data_variance
     assert losses[S2] < min(losses[S2 / 1.2], losses[S2 * 1.2])
 
 
-def test_hutchinson_with_basis_probes_is_the_exact_trace_and_stays_differentiable():
+def test_with_basis_probes_the_sliced_loss_is_the_exact_objective_and_trains_through_the_divergence():
+    # Probes sqrt(D) e_k, k = 1..D: the Hutchinson term is tr(grad s) exactly and the projection
+    # term |s|^2 / 2, so the loss is Hyvarinen's mean_b [tr(grad_x s) + |s|^2 / 2] with s = -grad U.
+    # Its gradient in the parameters matches only if the divergence term is differentiated too.
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
     energy = lambda x: net(x).squeeze(-1)  # noqa: E731
     x = torch.randn(6, 3, dtype=torch.float64)
-    score, leaf = energy_score(energy, x)
-    basis = torch.eye(3, dtype=torch.float64).unsqueeze(1).expand(3, 6, 3)
-    divergence = hutchinson_divergence_of_score(score, leaf, basis)
+    basis = (math.sqrt(3) * torch.eye(3, dtype=torch.float64)).unsqueeze(1).expand(3, 6, 3)
+    loss = sliced_score_matching_loss(energy, x, basis)
     hessian = torch.func.vmap(torch.func.hessian(lambda y: net(y).squeeze(-1)))(x)
-    torch.testing.assert_close(3 * divergence, -torch.diagonal(hessian, dim1=-2, dim2=-1).sum(-1))
-    divergence.sum().backward()
-    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    score = -torch.func.vmap(torch.func.grad(lambda y: net(y).squeeze(-1)))(x)
+    exact = (-torch.diagonal(hessian, dim1=-2, dim2=-1).sum(-1) + 0.5 * (score * score).sum(-1)).mean()
+    torch.testing.assert_close(loss, exact)
+    params = list(net.parameters())[:-1]  # the last bias does not change the score
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(exact, params)):
+        torch.testing.assert_close(got, want)
+    # The same holds for the score as energy_score builds it (autograd, create_graph).
+    s, leaf = energy_score(energy, x)
+    torch.testing.assert_close(s, score)
+    assert torch.autograd.grad(s.sum(), net[0].weight)[0].abs().sum() > 0
+
+
+def test_projection_probes_come_from_one_gaussian_draw_of_hutchinson_probes():
+    # Gaussian probes are hutchinson_probes' own; Rademacher ones their signs (TorchEBM's draws, so
+    # a seed gives TorchEBM's loss); sphere ones the same draw normalised to radius sqrt(D).
+    x = torch.randn(5, 3)
+    gaussian = hutchinson_probes(x, 4, "gaussian", torch.Generator().manual_seed(7))
+    for kind, expected in (("gaussian", gaussian), ("rademacher", gaussian.sign()),
+                           ("sphere", gaussian / gaussian.norm(dim=-1, keepdim=True) * math.sqrt(3))):
+        torch.testing.assert_close(projection_probes(4, x, kind, torch.Generator().manual_seed(7)), expected)
 
 
 def test_errors():

@@ -153,9 +153,9 @@ class DenoisingScoreMatching(BaseScoreMatching):
 class SlicedScoreMatching(BaseScoreMatching):
     r"""Sliced score matching (Song et al. 2019), `nnh.func.sliced_score_matching_loss`, with
     ``n_projections`` probes per sample of ``projection_type`` ``"rademacher"``, ``"gaussian"``
-    or ``"sphere"`` (any other raises ValueError). The divergence term is a Hutchinson estimate
-    from one batched vector-Jacobian product over all probes; conditioning works (the probes do
-    not tile the batch).
+    or ``"sphere"`` (any other raises ValueError). The divergence term is
+    `nnh.func.hutchinson_divergence` of the model score: one vmapped vector-Jacobian product over
+    all probes; conditioning works (the probes do not tile the batch).
 
     Args, in TorchEBM's order: ``(model, n_projections=5, projection_type="rademacher",
     regularization_strength=0.0, custom_regularization=None, use_autograd=True,
