@@ -19,6 +19,12 @@ and both take their randomness as arguments.
   (the estimator the likelihoods of score-based models use): all K probes come from one
   vmapped vector-Jacobian product of the score, not a loop over probes and not K copies of
   the batch.
+
+These train an energy at one noise level. The denoising loss of score-based models,
+`nnh.func.dsm_loss` (`nnh.denoising_score_matching`), is another objective: a time-conditioned
+network net(t, x) = sigma(t) times the score, trained over all noise levels t of an SDE. At one
+level with m(t) = 1 and net(t, x) / sigma = -grad U(x) it is 2 sigma^2 times
+`denoising_score_matching_loss`; see `nnh.func.score`, docs/score_based.md and docs/samplers.md.
 """
 
 from __future__ import annotations
@@ -95,6 +101,9 @@ def projection_probes(
 def denoising_score_matching_loss(energy_fn: EnergyFn, x: Tensor, noise: Tensor, noise_scale: float) -> Tensor:
     r"""The denoising score-matching loss, a scalar:
     :math:`\tfrac12 \frac1B \sum_b \lVert \nabla_x U(x_b + \sigma\xi_b) - \xi_b/\sigma\rVert^2`.
+
+    One noise level, an energy without time; for the time-conditioned score networks of
+    score-based models see `nnh.func.dsm_loss` (module docstring).
 
     Args:
         energy_fn: U, (B, *event_shape) -> (B,), differentiable in x and its parameters.

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nnh.func import hutchinson_probes
+from nnh.func import VESDE, dsm_loss, hutchinson_probes
 from nnh.func.score_matching import (
     denoising_score_matching_loss,
     energy_score,
@@ -92,6 +92,18 @@ def test_projection_probes_come_from_one_gaussian_draw_of_hutchinson_probes():
     for kind, expected in (("gaussian", gaussian), ("rademacher", gaussian.sign()),
                            ("sphere", gaussian / gaussian.norm(dim=-1, keepdim=True) * math.sqrt(3))):
         torch.testing.assert_close(projection_probes(4, x, kind, torch.Generator().manual_seed(7)), expected)
+
+
+def test_the_score_based_denoising_loss_is_two_sigma_squared_times_the_energy_one_at_one_level():
+    # The relation the docstrings state: at one t of a VE SDE (m = 1), with net(t, x) = -sigma(t) grad U(x),
+    # dsm_loss = 2 sigma^2 denoising_score_matching_loss for the same noise draws.
+    sde, theta = VESDE(), 1.7
+    x, z = data(4)[:256], torch.randn(256, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    t = torch.full((256,), 0.3, dtype=torch.float64)
+    sigma = sde.sigma(t)[0].item()
+    net = lambda s, y: -sde.sigma(s)[:, None] * y / theta  # noqa: E731  -sigma grad U, U = |y|^2 / (2 theta)
+    torch.testing.assert_close(dsm_loss(net, sde, x, t, z),
+                               2 * sigma**2 * denoising_score_matching_loss(gaussian_energy(theta), x, z, sigma))
 
 
 def test_errors():

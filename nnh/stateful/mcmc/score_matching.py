@@ -124,6 +124,9 @@ class DenoisingScoreMatching(BaseScoreMatching):
     .. math:: L = \tfrac12\,\overline{\lVert \nabla_x U(x + \sigma\xi) - \xi/\sigma \rVert^2}
 
     minimised when :math:`-\nabla U` is the score of the data convolved with N(0, sigma^2 I).
+    An energy without time at one noise level: not `nnh.denoising_score_matching`, the loss of
+    the score-based models' time-conditioned networks over all noise levels of an SDE
+    (`nnh.func.dsm_loss`, docs/score_based.md; docs/samplers.md compares the two).
     Same arguments as `BaseScoreMatching`, in TorchEBM's order: ``(model, noise_scale=0.01,
     regularization_strength=0.0, custom_regularization=None, use_autograd=True,
     functional_model=None, dtype=torch.float32, device=None)``.
