@@ -31,6 +31,8 @@ import math
 import torch
 from torch import Tensor
 
+from nnh.func.sde import VPSDE, per_sample
+
 __all__ = [
     "CosineInterpolant",
     "Interpolant",
@@ -47,8 +49,9 @@ _TINY = 1e-8  # the floor of alpha and the denominators: the coefficients blow u
 
 
 def expand_t_like_x(t: Tensor, x: Tensor) -> Tensor:
-    """t (B,) viewed as (B, 1, ..., 1) to broadcast against x (B, *event_shape)."""
-    return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))
+    """t (B,) viewed as (B, 1, ..., 1) to broadcast against x (B, *event_shape): TorchEBM's name
+    for `nnh.func.sde.per_sample`, which leaves a 0-d t as it is."""
+    return per_sample(t, x)
 
 
 class Interpolant:
@@ -107,20 +110,24 @@ class CosineInterpolant(Interpolant):
 
 
 class VariancePreservingInterpolant(Interpolant):
-    r"""The variance-preserving path with a linear :math:`\beta(s) = \beta_0 + s(\beta_1 - \beta_0)`
-    in diffusion time s = 1 - t: :math:`\log\alpha = -\tfrac14 (1-t)^2 (\beta_1 - \beta_0) - \tfrac12 (1-t)\beta_0`,
-    :math:`\sigma = \sqrt{1 - \alpha^2}`; ``sigma_min`` = beta_0, ``sigma_max`` = beta_1."""
+    r"""The variance-preserving diffusion, `nnh.VPSDE` with T = 1, in flow time: diffusion time
+    s = 1 - t, :math:`\beta(s) = \beta_0 + s(\beta_1 - \beta_0)`, :math:`B(s) = \int_0^s \beta`,
+    and :math:`\alpha(t) = m(1 - t) = e^{-B(1-t)/2}`, i.e.
+    :math:`\log\alpha = -\tfrac14 (1-t)^2 (\beta_1 - \beta_0) - \tfrac12 (1-t)\beta_0`;
+    :math:`\sigma = \sqrt{1 - \alpha^2}`, the SDE's sigma(1 - t). ``sigma_min`` = beta_0 and
+    ``sigma_max`` = beta_1 (TorchEBM's names for the SDE's beta_min and beta_max)."""
 
     def __init__(self, sigma_min: float = 0.1, sigma_max: float = 20.0) -> None:
         if not 0 <= sigma_min < sigma_max:
             raise ValueError(f"VariancePreservingInterpolant: need 0 <= sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}.")
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
+        self._sde = VPSDE(self.sigma_min, self.sigma_max)  # the beta schedule, one home for it
 
     def _log_alpha(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        # (log alpha, d log alpha / dt) = (-B(s) / 2, beta(s) / 2) at s = 1 - t.
         s = 1 - t
-        value = -0.25 * s * s * (self.sigma_max - self.sigma_min) - 0.5 * s * self.sigma_min
-        return value, 0.5 * s * (self.sigma_max - self.sigma_min) + 0.5 * self.sigma_min
+        return -0.5 * self._sde.integral_beta(s), 0.5 * self._sde.beta(s)
 
     def compute_alpha_t(self, t: Tensor) -> tuple[Tensor, Tensor]:
         log_alpha, d_log_alpha = self._log_alpha(t)

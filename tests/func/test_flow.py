@@ -8,10 +8,12 @@ from nnh.func.flow import (
     LinearInterpolant,
     VariancePreservingInterpolant,
     diffusion_coefficient,
+    expand_t_like_x,
     get_interpolant,
     score_from_prediction,
     velocity_from_prediction,
 )
+from nnh.func.sde import VPSDE, per_sample
 from tests._flow_models import ExactGaussianField
 
 INTERPOLANTS = [LinearInterpolant(), CosineInterpolant(), VariancePreservingInterpolant()]
@@ -35,6 +37,20 @@ def test_derivatives_endpoints_and_interpolation(interp):
     s, ds = interp.compute_sigma_t(tt[:, None])
     torch.testing.assert_close(xt, a * x1 + s * x0)
     torch.testing.assert_close(ut, da * x1 + ds * x0)
+
+
+def test_the_vp_interpolant_is_the_vp_sde_in_flow_time():
+    # alpha(t) = m(1 - t) and sigma(t) = sigma(1 - t) of nnh.VPSDE(beta_min, beta_max) with T = 1.
+    t = torch.linspace(0.0, 0.99, 12, dtype=torch.float64)
+    interp, sde = VariancePreservingInterpolant(0.2, 15.0), VPSDE(0.2, 15.0)
+    torch.testing.assert_close(interp.compute_alpha_t(t)[0], sde.mean_coeff(1 - t))
+    torch.testing.assert_close(interp.compute_sigma_t(t)[0], sde.sigma(1 - t))
+    torch.testing.assert_close(interp.compute_d_alpha_alpha_ratio_t(t), 0.5 * sde.beta(1 - t))
+
+
+def test_expand_t_like_x_is_per_sample():
+    t, x = torch.arange(3.0), torch.zeros(3, 2, 4)
+    assert expand_t_like_x(t, x).shape == (3, 1, 1) and torch.equal(expand_t_like_x(t, x), per_sample(t, x))
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "vp"])
