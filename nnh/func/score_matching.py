@@ -132,6 +132,8 @@ def sliced_score_matching_loss(energy_fn: EnergyFn, x: Tensor, probes: Tensor) -
             f"sliced_score_matching_loss: probes must be (K, *x.shape) = (K, {', '.join(map(str, x.shape))}), "
             f"got {tuple(probes.shape)}."
         )
+    # nnh's one Hutchinson estimator. Through torch.func this loss costs 3 to 10 % more CPU time than
+    # a batched autograd.grad on the same graph (benchmarks/RESULTS.md, "One set of ODE steps ...").
     score, divergence = hutchinson_divergence(_score_fn(energy_fn), x.detach(), probes)
     k = probes.shape[0]
     projected = event_sum((probes * score).reshape(k * x.shape[0], *x.shape[1:])).view(k, -1)
