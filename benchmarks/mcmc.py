@@ -12,7 +12,21 @@ Cases per workload:
     nnh autograd       nnh's sampler on the same energy as a plain nn.Module (autograd), to
                        separate what the sampler costs from what the analytic gradient saves
 
-Target: nnh at least 3x faster than TorchEBM in eager mode. Then, for nnh only:
+Target: nnh at least 3x faster than TorchEBM in eager mode. The samplers and losses nnh added
+for TorchEBM parity run against TorchEBM's on the same workloads (`parity_cases`; target: nnh at
+least as fast for each):
+
+    gradient descent   10,000 chains x 1,000 steps, step_size 0.005 (double well)
+    nesterov           the same, momentum 0.9
+    langevin heun      10,000 chains x 1,000 steps, step_size 0.01, integrator="heun"
+    rmhmc              Neal's funnel in 5-D with its Fisher metric, 1,000 chains x 20 transitions,
+                       3 generalised leapfrog steps of 0.5, 4 fixed-point iterations
+    flow ode / sde     a velocity MLP (3-32-32-2, ReLU), 10,000 points, 50 Euler, Heun or RK4
+                       steps; the SDE with Euler-Maruyama, 250 steps, sample_eps 0.01
+    dsm, ssm           forward + backward of the loss of an energy MLP (2-64-64-1, SiLU),
+                       4,096 points (SSM: 5 Rademacher projections)
+
+Then, for nnh only:
     compiled           the pure step under torch.compile(fullgraph=True), noise passed in
     ESS/s              effective samples per second of MALA and HMC (min over coordinates of
                        x_i and x_i^2), from 1,000 chains after a burn-in
@@ -23,6 +37,7 @@ elements) waits a scheduler quantum for the busy core: 12 ms measured for one to
 these sizes (20,000 numbers per op) no kernel gains from a second thread.
 
     .venv/bin/python benchmarks/mcmc.py [--repeats 7] [--chains 10000] [--threads 1] [--skip-compile] [--skip-ess]
+                                        [--skip-parity] [--only-parity]
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ import torch
 from torch import nn
 
 from _timing import interleave, load_line, machine_line, median, report, stopwatch
+from mcmc_parity import parity_report
 
 import nnh
 from nnh.func import effective_sample_size, hmc_step, init_chain_state, langevin_step, mala_step
@@ -149,10 +165,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (torch.set_num_threads)")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-ess", action="store_true")
+    parser.add_argument("--skip-parity", action="store_true", help="skip the parity samplers and losses")
+    parser.add_argument("--only-parity", action="store_true", help="run the parity samplers and losses only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine_line())
     print(load_line())
+    if not args.skip_parity:
+        parity_report(args.repeats, args.chains)
+    if args.only_parity:
+        print("\n" + load_line())
+        return
     x0 = torch.randn(args.chains, 2, generator=torch.Generator().manual_seed(0))
     langevin, hmc, lsamplers, hsamplers = eager_cases(x0, args.steps, args.transitions)
     # Same statistics from every implementation (a check that they run the same chain law).

@@ -40,6 +40,33 @@ from nnh.utils.distributed import get_rank
 from nnh.utils.distributed import get_world_size
 from nnh.utils.distributed import is_distributed
 from nnh.utils.distributed import on_rank
+# Names a TorchEBM user finds under the same spelling
+from nnh.stateful.mcmc.energy import BoothModel
+from nnh.stateful.mcmc.energy import HimmelblauModel
+from nnh.stateful.mcmc.energy import StyblinskiTangModel
+from nnh.stateful.mcmc.schedulers import TemperatureScheduler
+from nnh.stateful.mcmc.schedulable import Schedulable
+from nnh.stateful.mcmc.integrators import BaseIntegrator
+from nnh.stateful.mcmc.integrators import BaseRungeKuttaIntegrator
+from nnh.stateful.mcmc.integrators import BaseSDERungeKuttaIntegrator
+from nnh.stateful.mcmc.integrators import BaseSymplecticIntegrator
+from nnh.stateful.mcmc.integrators import EulerMaruyamaIntegrator
+from nnh.stateful.mcmc.integrators import GeneralisedLeapfrogIntegrator
+from nnh.stateful.mcmc.integrators import HeunIntegrator
+from nnh.stateful.mcmc.integrators import LeapfrogIntegrator
+from nnh.stateful.mcmc.integrators import RK4Integrator
+from nnh.stateful.mcmc.integrators import get_integrator
+from nnh.stateful.mcmc.descent import GradientDescentSampler
+from nnh.stateful.mcmc.descent import NesterovSampler
+from nnh.stateful.mcmc.rmhmc import RiemannianManifoldHMC
+from nnh.stateful.mcmc.losses import BaseContrastiveDivergence
+from nnh.stateful.mcmc.losses import BaseLoss
+from nnh.stateful.mcmc.contrastive_divergence import PersistentContrastiveDivergence
+from nnh.stateful.mcmc.score_matching import BaseScoreMatching
+from nnh.stateful.mcmc.score_matching import DenoisingScoreMatching
+from nnh.stateful.mcmc.score_matching import SlicedScoreMatching
+from nnh.stateful.mcmc.flow_sampler import FlowSampler
+from nnh.stateful.mcmc.flow_sampler import PredictionType
 
 __all__ = [
     "__version__",
@@ -82,4 +109,31 @@ __all__ = [
     "get_world_size",
     "is_distributed",
     "on_rank",
+    # Names a TorchEBM user finds under the same spelling
+    "BoothModel",
+    "HimmelblauModel",
+    "StyblinskiTangModel",
+    "TemperatureScheduler",
+    "Schedulable",
+    "BaseIntegrator",
+    "BaseRungeKuttaIntegrator",
+    "BaseSDERungeKuttaIntegrator",
+    "BaseSymplecticIntegrator",
+    "EulerMaruyamaIntegrator",
+    "GeneralisedLeapfrogIntegrator",
+    "HeunIntegrator",
+    "LeapfrogIntegrator",
+    "RK4Integrator",
+    "get_integrator",
+    "GradientDescentSampler",
+    "NesterovSampler",
+    "RiemannianManifoldHMC",
+    "BaseContrastiveDivergence",
+    "BaseLoss",
+    "PersistentContrastiveDivergence",
+    "BaseScoreMatching",
+    "DenoisingScoreMatching",
+    "SlicedScoreMatching",
+    "FlowSampler",
+    "PredictionType",
 ]

@@ -72,6 +72,33 @@ from nnh.func.ode import rk4_step
 from nnh.func.ode import ODE_STEPS
 from nnh.func.likelihood import likelihood_ode_step
 from nnh.func.likelihood import bits_per_dim
+# Names a TorchEBM user finds under the same spelling
+from nnh.func.energy_grad import conditioned_energy_and_grad
+from nnh.func.integrators import Drift
+from nnh.func.integrators import HamiltonField
+from nnh.func.integrators import euler_maruyama_update
+from nnh.func.integrators import generalised_leapfrog
+from nnh.func.integrators import heun_update
+from nnh.func.integrators import rk4_update
+from nnh.func.mcmc import heun_langevin_step
+from nnh.func.descent import gradient_descent_step
+from nnh.func.descent import nesterov_step
+from nnh.func.rmhmc import metric_cholesky
+from nnh.func.rmhmc import riemannian_kinetic_energy
+from nnh.func.rmhmc import rmhmc_step
+from nnh.func.score_matching import denoising_score_matching_loss
+from nnh.func.score_matching import energy_score
+from nnh.func.score_matching import projection_probes
+from nnh.func.score_matching import sliced_score_matching_loss
+from nnh.func.flow import CosineInterpolant
+from nnh.func.flow import Interpolant
+from nnh.func.flow import LinearInterpolant
+from nnh.func.flow import VariancePreservingInterpolant
+from nnh.func.flow import diffusion_coefficient
+from nnh.func.flow import expand_t_like_x
+from nnh.func.flow import get_interpolant
+from nnh.func.flow import score_from_prediction
+from nnh.func.flow import velocity_from_prediction
 
 __all__ = [
     "unscale_grads",
@@ -143,4 +170,31 @@ __all__ = [
     "ODE_STEPS",
     "likelihood_ode_step",
     "bits_per_dim",
+    # Names a TorchEBM user finds under the same spelling
+    "conditioned_energy_and_grad",
+    "Drift",
+    "HamiltonField",
+    "euler_maruyama_update",
+    "generalised_leapfrog",
+    "heun_update",
+    "rk4_update",
+    "heun_langevin_step",
+    "gradient_descent_step",
+    "nesterov_step",
+    "metric_cholesky",
+    "riemannian_kinetic_energy",
+    "rmhmc_step",
+    "denoising_score_matching_loss",
+    "energy_score",
+    "projection_probes",
+    "sliced_score_matching_loss",
+    "CosineInterpolant",
+    "Interpolant",
+    "LinearInterpolant",
+    "VariancePreservingInterpolant",
+    "diffusion_coefficient",
+    "expand_t_like_x",
+    "get_interpolant",
+    "score_from_prediction",
+    "velocity_from_prediction",
 ]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["EnergyAndGrad", "autograd_energy_and_grad", "func_energy_and_grad", "energy_and_grad_fn"]
+__all__ = [
+    "EnergyAndGrad",
+    "autograd_energy_and_grad",
+    "conditioned_energy_and_grad",
+    "energy_and_grad_fn",
+    "func_energy_and_grad",
+]
 
 # (energy (B,), gradient shaped like x) of a batch of states x.
 EnergyAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]
@@ -57,3 +64,16 @@ def energy_and_grad_fn(model: Callable[[Tensor], Tensor]) -> EnergyAndGrad:
     if callable(method):
         return method
     return autograd_energy_and_grad(model)
+
+
+def conditioned_energy_and_grad(model: Callable[..., Tensor], model_kwargs: dict[str, Any] | None) -> EnergyAndGrad:
+    r"""``x -> (U(x; c), \nabla_x U(x; c))`` for a conditional energy called as
+    ``model(x, **model_kwargs)`` (class labels, a context). Empty or None ``model_kwargs`` is
+    `energy_and_grad_fn(model)`. A model whose ``energy_and_gradient`` takes ``model_kwargs``
+    (`nnh.BaseModel`) supplies the pair; any other is differentiated with autograd."""
+    if not model_kwargs:
+        return energy_and_grad_fn(model)
+    method = getattr(model, "energy_and_gradient", None)
+    if callable(method) and "model_kwargs" in inspect.signature(method).parameters:
+        return lambda x: method(x, model_kwargs=model_kwargs)
+    return autograd_energy_and_grad(lambda x: model(x, **model_kwargs))

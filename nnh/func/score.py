@@ -8,6 +8,12 @@ The network outputs sigma(t) times the score (Song et al. 2021; Song & Ermon 201
 so its target has unit scale at every t: for :math:`x_t = m(t) x_0 + \sigma(t) z`, the score of
 :math:`p_t(x_t \mid x_0)` times sigma(t) is -z. The network is called as ``net(t, x, *args)``
 with t of shape (B,) and x of shape (B, *event_shape); ``args`` are conditioning inputs.
+
+`dsm_loss` trains such a network over all noise levels t of an SDE. Energy models have their own
+denoising objective, `nnh.func.denoising_score_matching_loss` (`nnh.DenoisingScoreMatching`): an
+energy U(x) without time, at one noise level sigma. At one level with m(t) = 1 and
+net(t, x) / sigma = -grad U(x), `dsm_loss` is 2 sigma^2 times that loss. docs/score_based.md and
+docs/samplers.md ("Score matching") compare them.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ def dsm_loss(net: Callable[..., Tensor], sde: Any, x0: Tensor, t: Tensor, z: Ten
     .. math:: L = \frac1B \sum_{b} \big\| \mathrm{net}(t_b, m(t_b) x_{0,b} + \sigma(t_b) z_b) + z_b \big\|^2
 
     the squared error summed over the dimensions of each sample and averaged over the batch.
-    Its minimiser is sigma(t) times the score of p_t (Vincent 2011).
+    Its minimiser is sigma(t) times the score of p_t (Vincent 2011). For an energy model at one
+    noise level use `nnh.func.denoising_score_matching_loss` instead (module docstring).
 
     Args:
         net: ``net(t, x, *args)`` with t (B,) and x (B, *event_shape).
@@ -71,7 +78,8 @@ def denoising_score_matching(x0: Tensor, sde: Any, model: Callable[..., Tensor],
     ``loss_fn(inputs, sde, model, device)``; conditioning is bound into `model` by the handler.
 
     Draws from `generator`, or from the global RNG when it is None. `device` is accepted for the
-    handler's loss convention; the draws follow x0's device.
+    handler's loss convention; the draws follow x0's device. Not `nnh.DenoisingScoreMatching`,
+    the loss of energy models (module docstring).
     """
     t = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype, generator=generator)
     t = sde.epsilon + (sde.T - sde.epsilon) * t

@@ -45,6 +45,33 @@ def test_spread_matches_the_variance_formula_and_shrinks_as_one_over_sqrt_k(nois
     assert (stds[1] / stds[16]).item() == pytest.approx(4.0, rel=0.09)
 
 
+def test_the_divergence_is_differentiable_in_the_parameters_of_fn():
+    # What training through it needs (sliced score matching): d div / d theta equals the gradient
+    # of the exact trace, here with basis probes (exact) and with Rademacher ones (the mean of the
+    # per-probe terms, each differentiated).
+    d, b = 4, 5
+    fn, x = small_mlp(d), torch.randn(b, d)
+    params = list(fn.parameters())[:-1]  # the last bias does not change the Jacobian
+
+    def exact_trace() -> torch.Tensor:
+        jac = torch.func.vmap(torch.func.jacrev(fn))(x)
+        return jac.diagonal(dim1=1, dim2=2).sum(-1)
+
+    weights = torch.randn(b)  # a generic linear functional of the per-sample divergences
+    expected = torch.autograd.grad((weights * exact_trace()).sum(), params)
+    basis = (math.sqrt(d) * torch.eye(d))[:, None, :].expand(d, b, d)
+    got = torch.autograd.grad((weights * hutchinson_divergence(fn, x, basis)[1]).sum(), params)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    # One Rademacher probe v: d(v^T J v)/d theta, against autograd through the Jacobian.
+    v = hutchinson_probes(x, 1, generator=torch.Generator().manual_seed(0))
+    jac = torch.func.vmap(torch.func.jacrev(fn))(x)
+    expected = torch.autograd.grad((weights * torch.einsum("bi,bij,bj->b", v[0], jac, v[0])).sum(), params)
+    got = torch.autograd.grad((weights * hutchinson_divergence(fn, x, v)[1]).sum(), params)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
 def test_fn_is_evaluated_once_for_all_probes():
     calls = []
     fn = small_mlp(3)

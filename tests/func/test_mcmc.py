@@ -13,6 +13,7 @@ from nnh.func.mcmc import (
     energy_and_grad_fn,
     event_sum,
     func_energy_and_grad,
+    heun_langevin_step,
     hmc_step,
     init_chain_state,
     kinetic_energy,
@@ -62,6 +63,32 @@ def test_langevin_step_formula_with_explicit_noise():
     torch.testing.assert_close(new.energy, quadratic(expected))
     assert info.accepted.all() and info.finite.all()
     torch.testing.assert_close(info.accept_prob, torch.ones(2))
+
+
+def test_langevin_decay_and_clamp_with_explicit_noise():
+    x = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    noise = torch.tensor([[0.1, 0.2], [-0.3, 0.4]])
+    h, s, lam = 0.1, 0.5, 0.3
+    new, _ = langevin_step(init_chain_state(x, quadratic_eg), quadratic_eg, h, s, noise=noise, decay=lam,
+                           clamp=(-1.5, 0.9))
+    expected = (x - h * (x + lam * x) + s * math.sqrt(2 * h) * noise).clamp(-1.5, 0.9)
+    torch.testing.assert_close(new.x, expected)
+    torch.testing.assert_close(new.grad, expected)  # the gradient is taken at the clamped state
+    with pytest.raises(ValueError, match=r"clamp must be a \(min, max\) pair with min < max, got \(1.0, 0.0\)"):
+        langevin_step(init_chain_state(x, quadratic_eg), quadratic_eg, h, s, noise=noise, clamp=(1.0, 0.0))
+
+
+def test_heun_langevin_step_formula():
+    # U = |x|^2/2, f(x) = -(1 + lam) x: Heun's drift gives x (1 - c h + (c h)^2 / 2), c = 1 + lam.
+    x = torch.tensor([[1.0, -2.0], [0.5, 0.0]], dtype=torch.float64)
+    noise = torch.tensor([[0.1, 0.2], [-0.3, 0.4]], dtype=torch.float64)
+    model = CountingEnergy()
+    h, s, lam = 0.2, 0.7, 0.5
+    state = init_chain_state(x, model.energy_and_gradient)
+    new, info = heun_langevin_step(state, model.energy_and_gradient, h, s, noise=noise, decay=lam)
+    c = 1 + lam
+    torch.testing.assert_close(new.x, x * (1 - c * h + (c * h) ** 2 / 2) + s * math.sqrt(2 * h) * noise)
+    assert model.calls == 1 + 2 and info.accepted.all()  # two gradients per step
 
 
 def test_generator_gives_reproducible_draws_and_randomness_is_required():

@@ -3,8 +3,8 @@ r"""`BaseSampler`: the shared shell of the MCMC samplers (scheduler registry, th
 A subclass implements one of two things:
 
 - one transition, ``_transition(state, generator) -> (state, StepInfo)``, usually a call to a
-  pure step of `nnh.func.mcmc`; `BaseSampler.sample` does the rest: initial state, the
-  scheduler clock, thinning, the trajectory and the diagnostics;
+  pure step of `nnh.func`; `BaseSampler.sample` does the rest: initial state, conditioning,
+  the scheduler clock, thinning, the trajectory and the diagnostics;
 - or its own ``sample(...)`` loop, using the scheduler registry (`register_scheduler`,
   `get_scheduled_value`, `step_schedulers`, `reset_schedulers`), ``self.model``,
   ``self.dtype`` and ``self.device``.
@@ -23,37 +23,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from nnh.func.mcmc import ChainState, StepInfo, energy_and_grad_fn, event_sum, init_chain_state
+from nnh.func.energy_grad import conditioned_energy_and_grad
+from nnh.func.mcmc import ChainState, StepInfo, event_sum, init_chain_state, reject_nonfinite
 from nnh.func.mcmc import _check_energy_shape  # the one wording of the (B,) energy error
-from nnh.stateful.mcmc.schedulers import BaseScheduler, ConstantScheduler
+from nnh.stateful.mcmc._sample_args import count as _count
+from nnh.stateful.mcmc._sample_args import event_shape as _event_shape
+from nnh.stateful.mcmc._sample_args import initial_state, merge_condition, resolve_call_form
+from nnh.stateful.mcmc.schedulable import Schedulable, ScheduledValue
 from nnh.stateful.sampler import Sampler
 
-__all__ = ["BaseSampler"]
-
-ScheduledValue = Union[float, int, BaseScheduler]
-
-
-def _event_shape(owner: str, dim: Any) -> tuple[int, ...] | None:
-    if dim is None:
-        return None
-    if isinstance(dim, torch.Size):
-        dim = tuple(dim)
-    if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
-        return (dim,)
-    if isinstance(dim, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dim):
-        return tuple(dim)
-    raise ValueError(f"{owner}: dim must be a positive int or a tuple of them (the event shape), got {dim!r}.")
-
-
-def _count(owner: str, name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}.")
-    return value
+__all__ = ["BaseSampler", "ScheduledValue"]
 
 
 def _no_transition(owner: str) -> NotImplementedError:
@@ -64,19 +48,26 @@ def _no_transition(owner: str) -> NotImplementedError:
     )
 
 
-class BaseSampler(Sampler):
+class BaseSampler(Schedulable, Sampler):
     """Shell of an MCMC sampler over ``model``, an ``nn.Module`` (or callable) with (B,) energies.
 
     Args:
         model: the energy U; an `nnh.BaseModel` supplies its own (often analytic) gradient,
             anything else is differentiated with autograd.
-        dtype, device: of the chains; device None follows ``x``, then the model's parameters.
+        dtype, device: of the chains; device None (the default, and what ``sampler.device``
+            reports until set) follows ``x``, then the model's parameters.
         dim: default event shape (int or tuple) when `sample` gets neither ``x`` nor ``dim``.
         n_steps: default number of steps of `sample`.
+
+    Attributes:
+        n_nonfinite: (n_kept,) int64, the non-finite proposals rejected in each kept window of
+            the last ``sample(..., return_diagnostics=True)`` call (None before one).
     """
 
     #: whether the sampler has a Metropolis test (adds ``acceptance_rate`` to the diagnostics).
     has_acceptance: bool = False
+    #: the per-step statistics `sample` records (optimisers keep only ``energy``).
+    diagnostic_keys: tuple[str, ...] = ("mean", "var", "energy")
 
     def __init__(
         self,
@@ -97,47 +88,19 @@ class BaseSampler(Sampler):
         self.device = torch.device(device) if device is not None else None
         self.dim = _event_shape(owner, dim)
         self.n_steps = _count(owner, "n_steps", n_steps)
-        self.schedulers: dict[str, BaseScheduler] = {}
-        self._positive: dict[str, bool] = {}  # the bound of each registered value: > 0 or >= 0
-        self._energy_and_grad = energy_and_grad_fn(model)
+        self._init_schedulers()
+        self.n_nonfinite: Tensor | None = None
+        self._use_model_fns({})
 
-    # -- scheduler registry: a dict, so stepping costs O(number of schedulers) per step --------
-
-    def register_scheduler(self, name: str, scheduler: ScheduledValue, *, positive: bool = True) -> None:
-        """Register ``scheduler`` (or a number, wrapped in `ConstantScheduler`) under ``name``.
-
-        Its value must be finite and > 0 (``positive=False``: >= 0): now, and at every step of
-        `sample`, which raises ValueError at the first step that breaks the bound."""
-        if isinstance(scheduler, BaseScheduler):
-            start = scheduler.get_value()
-        elif isinstance(scheduler, (int, float)) and not isinstance(scheduler, bool):
-            start = float(scheduler)
-        else:
-            raise TypeError(
-                f"{type(self).__name__}: {name} must be a number or an nnh scheduler, got {type(scheduler).__name__}."
-            )
-        if not math.isfinite(start) or (start <= 0 if positive else start < 0):
-            bound = "> 0" if positive else ">= 0"
-            raise ValueError(f"{type(self).__name__}: {name} must be finite and {bound}, got {start!r}.")
-        self.schedulers[name] = scheduler if isinstance(scheduler, BaseScheduler) else ConstantScheduler(start)
-        self._positive[name] = positive
-
-    def get_scheduled_value(self, name: str) -> float:
-        """The current value of the scheduler registered as ``name``."""
-        try:
-            return self.schedulers[name].get_value()
-        except KeyError:
-            raise KeyError(f"{type(self).__name__}: no scheduler named {name!r}; registered: {sorted(self.schedulers)}.") from None
-
-    def step_schedulers(self) -> None:
-        """Advance every registered scheduler by one step."""
-        for scheduler in self.schedulers.values():
-            scheduler.step()
-
-    def reset_schedulers(self) -> None:
-        """Put every registered scheduler back at step 0."""
-        for scheduler in self.schedulers.values():
-            scheduler.reset()
+    def _use_model_fns(self, model_kwargs: dict[str, Any]) -> None:
+        """Point ``_energy_and_grad`` and ``_gradient`` at the model, conditioned on
+        ``model_kwargs`` ({} for the unconditional model, whose own methods are used)."""
+        self._energy_and_grad = conditioned_energy_and_grad(self.model, model_kwargs)
+        gradient = getattr(self.model, "gradient", None)
+        if model_kwargs or not callable(gradient):
+            eg = self._energy_and_grad
+            gradient = lambda x: eg(x)[1]  # noqa: E731
+        self._gradient = gradient
 
     # -- the Sampler ABC -----------------------------------------------------------------------
 
@@ -213,103 +176,115 @@ class BaseSampler(Sampler):
     def _energy_for_diagnostics(self, state: ChainState) -> Tensor:
         return state.energy
 
-    # -- sampling ----------------------------------------------------------------------------
+    def _keep_finite(self, state: ChainState, x_new: Tensor, grad_new: Tensor) -> tuple[ChainState, StepInfo | None]:
+        """For gradient-only dynamics: move to ``x_new`` (with its gradient) every chain whose
+        new position and gradient are finite, keep the others; the energy is left unevaluated
+        (None), for `_energy_for_diagnostics` to compute where it is reported.
 
-    def _initial_x(self, n: int | None, device: Any, x: Tensor | None, dim: Any, n_samples: int,
-                   generator: torch.Generator | None) -> Tensor:
-        owner = f"{type(self).__name__}.sample"
-        if x is not None:
-            if not isinstance(x, Tensor) or x.ndim < 1:
-                raise ValueError(f"{owner}: x must be a tensor of shape (B, *event_shape), got {x!r}.")
-            if n is not None and n != x.shape[0]:
-                raise ValueError(f"{owner}: N={n} but x has {x.shape[0]} chains; pass one of them.")
-            target = device if device is not None else (self.device if self.device is not None else x.device)
-            return x.detach().to(device=target, dtype=self.dtype)
-        if n is not None and n_samples != 1 and n != n_samples:
-            raise ValueError(f"{owner}: N={n} and n_samples={n_samples} disagree; pass one of them.")
-        n = _count(owner, "N (n_samples)", n if n is not None else n_samples)
-        event = _event_shape(owner, dim) or self.dim or _event_shape(owner, getattr(self.model, "event_shape", None))
-        if event is None:
-            raise ValueError(
-                f"{owner}: unknown event shape; pass x=..., or dim=... here or to the constructor "
-                f"({type(self).__name__}(model, ..., dim=2))."
-            )
-        if device is None:
-            device = self.device
-        if device is None:
-            params = getattr(self.model, "parameters", None)
-            first = next(iter(params()), None) if callable(params) else None
-            device = first.device if first is not None else torch.device("cpu")
-        gen_device = generator.device if generator is not None else device
-        return torch.randn((n, *event), generator=generator, dtype=self.dtype, device=gen_device).to(device)
+        On the CPU one finiteness test of the whole batch replaces the per-chain torch.where,
+        which costs more than an analytic gradient on small states; reading a CPU flag is not a
+        device sync. sum(x * grad) is finite iff no chain has a non-finite x or grad (inf * 0 and
+        inf - inf are NaN), barring an overflow, which only sends us to the exact per-chain
+        path: 4 us against 9 us for two sums and isfinite. Not torch.dot: BLAS opens a thread
+        pool region, which waits milliseconds for a busy core (benchmarks/mcmc.py)."""
+        if x_new.is_cpu and math.isfinite((x_new * grad_new).sum().item()):
+            return ChainState(x_new, None, grad_new), None  # type: ignore[arg-type]
+        energy = x_new.new_zeros(x_new.shape[0])  # a stand-in: only x and grad decide
+        kept, info = reject_nonfinite(ChainState(state.x, energy, state.grad), ChainState(x_new, energy, grad_new),
+                                      check_energy=False)
+        return ChainState(kept.x, None, kept.grad), info  # type: ignore[arg-type]
+
+    # -- sampling ----------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample(
         self,
-        N: int | Tensor | None = None,
-        device: torch.device | str | None = None,
-        *,
-        x: Tensor | None = None,
-        dim: int | tuple[int, ...] | None = None,
+        x: Tensor | int | None = None,
+        dim: int | tuple[int, ...] | str | torch.device | None = None,
         n_steps: int | None = None,
         n_samples: int = 1,
         thin: int = 1,
         return_trajectory: bool = False,
         return_diagnostics: bool = False,
         reset_schedulers: bool = True,
+        *,
+        y: Any = None,
+        model_kwargs: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
+        N: int | Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Run the chains and return the final samples, or the trajectory.
 
-        Serves both call forms: ``sample(N, device)`` (the `nnh.Sampler` ABC, used by
-        ``handler.get_samples(N)``) and keywords (``sample(x=x0, n_steps=1000, ...)``); a
-        tensor passed as the first positional argument is taken as ``x``.
+        Serves two call forms: TorchEBM's ``sample(x=None, dim=None, n_steps=100, ...)`` and the
+        `nnh.Sampler` ABC's ``sample(N, device)`` (what ``handler.get_samples(N)`` calls). An
+        int first is the number of chains N, and then a str or torch.device second is the device.
 
         Args:
-            N: number of chains (same as ``n_samples``); ignored when ``x`` is given.
-            device: where the chains live (default: x's device, then the sampler's, then the model's).
             x: initial state (B, *event_shape); default standard normal of shape (N, *dim).
-            dim: event shape when x is None (default: the constructor's ``dim``).
-            n_steps: transitions to run (default: the constructor's ``n_steps``).
+            dim: event shape when x is None (default: the constructor's ``dim``, then the
+                model's ``event_shape``).
+            n_steps: transitions to run (default: the constructor's ``n_steps``, 100).
+            n_samples: number of chains when x is None (same as ``N``).
             thin: keep every ``thin``-th state: n_kept = n_steps // thin.
             return_trajectory: return (B, n_kept, *event_shape) instead of the final (B, *event_shape).
-            return_diagnostics: also return a dict, one entry per kept step: ``mean`` and ``var``
-                over chains (n_kept, *event_shape), mean ``energy`` (n_kept,), ``acceptance_rate``
-                (n_kept,) for Metropolis samplers (averaged over the thinning window), and
-                ``n_nonfinite`` (n_kept,) int64: non-finite proposals rejected in the window.
+            return_diagnostics: also return a dict of per-kept-step statistics: ``mean`` and
+                ``var`` over chains (n_kept, *event_shape), mean ``energy`` (n_kept,), and
+                ``acceptance_rate`` (n_kept,) for Metropolis samplers (averaged over the thinning
+                window). The count of rejected non-finite proposals goes to ``self.n_nonfinite``.
             reset_schedulers: start the schedulers from step 0; False continues their clock
                 from the previous call (annealing across the calls of a training loop).
+            y, model_kwargs: conditioning for a conditional energy, called as
+                ``model(x, **model_kwargs)`` (``y`` is short for ``model_kwargs={"y": y}``).
             generator: a torch.Generator for every random draw (default: the global RNG).
+            N, device: the ABC form's number of chains and device (default: x's device, then
+                the sampler's, then the model's).
 
-        Raises ValueError at the first step whose scheduled value leaves its bound (module
-        docstring). Warns (RuntimeWarning, once per call) when chains end at a non-finite start
-        they could never leave; counted once on the host after the loop.
+        Raises ValueError on bad arguments (before any model evaluation) and at the first step
+        whose scheduled value leaves its bound (module docstring). Warns (RuntimeWarning, once per
+        call) when chains end at a non-finite start they could never leave; counted once on the
+        host after the loop.
         """
         owner = f"{type(self).__name__}.sample"
-        if type(self)._transition is BaseSampler._transition:
+        if type(self)._transition is BaseSampler._transition and type(self)._run is BaseSampler._run:
             raise _no_transition(type(self).__name__)  # before any model evaluation
-        if isinstance(N, Tensor):
-            if x is not None:
-                raise ValueError(f"{owner}: got a tensor as N and x=...; pass the initial state once.")
-            x, N = N, None
+        x, dim, n, device = resolve_call_form(owner, x, dim, N, device)
         n_steps = self.n_steps if n_steps is None else _count(owner, "n_steps", n_steps)
         thin = _count(owner, "thin", thin)
         if thin > n_steps:
             raise ValueError(f"{owner}: thin={thin} > n_steps={n_steps} keeps no state; use thin <= n_steps.")
-        x0 = self._initial_x(N, device, x, dim, n_samples, generator)
+        x0 = initial_state(self, n, device, x, dim, n_samples, generator)
+        condition = merge_condition(owner, model_kwargs, y, x0.device)
         if reset_schedulers:
             self.reset_schedulers()
         self._prepare(x0)
+        if condition:
+            self._use_model_fns(condition)
+        try:
+            return self._run(x0, n_steps, thin, return_trajectory, return_diagnostics, generator, condition)
+        finally:
+            if condition:
+                self._use_model_fns({})
+
+    def _run(self, x0: Tensor, n_steps: int, thin: int, return_trajectory: bool, return_diagnostics: bool,
+             generator: torch.Generator | None, model_kwargs: dict[str, Any]) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """The loop of `sample` from the initial state x0 (the model functions are already
+        conditioned on ``model_kwargs``); a sampler that is not a chain of `_transition` steps
+        (`FlowSampler`) overrides this."""
+        owner = f"{type(self).__name__}.sample"
         state = self._init_state(x0)
         n_kept = n_steps // thin
+        schedulers = self._all_schedulers()
         trajectory = x0.new_empty((x0.shape[0], n_kept, *x0.shape[1:])) if return_trajectory else None
         diag = self._new_diagnostics(x0, n_kept) if return_diagnostics else None
         accepted_sum = x0.new_zeros(()) if diag is not None and self.has_acceptance else None
+        counts = torch.zeros((n_kept,), dtype=torch.int64, device=x0.device) if diag is not None else None
         nonfinite_sum = torch.zeros((), dtype=torch.int64, device=x0.device) if diag is not None else None
         for k in range(n_steps):
             self._check_scheduled_values(k)
             state, info = self._transition(state, generator)
-            self.step_schedulers()
+            for scheduler in schedulers:
+                scheduler.step()
             if diag is not None and info is not None:
                 nonfinite_sum += (~info.finite).sum()
                 if accepted_sum is not None:
@@ -320,7 +295,11 @@ class BaseSampler(Sampler):
             if trajectory is not None:
                 trajectory[:, kept] = state.x
             if diag is not None:
-                self._record(diag, kept, state, x0.shape[0] * thin, accepted_sum, nonfinite_sum)
+                counts[kept] = nonfinite_sum
+                nonfinite_sum.zero_()
+                self._record(diag, kept, state, x0.shape[0] * thin, accepted_sum)
+        if counts is not None:
+            self.n_nonfinite = counts
         n_stuck = int(self._stuck_chains(state).sum())  # the one host sync of sample, after the loop
         if n_stuck:
             warnings.warn(
@@ -328,32 +307,26 @@ class BaseSampler(Sampler):
                 f"{'position, energy or gradient' if self.has_acceptance else 'position or gradient'} (NaN or inf), "
                 "so every proposal from it is rejected; start them where the model and its gradient are finite.",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         out = trajectory if trajectory is not None else state.x
         return (out, diag) if diag is not None else out
 
     def _new_diagnostics(self, x0: Tensor, n_kept: int) -> dict[str, Tensor]:
         event = x0.shape[1:]
-        diag = {
-            "mean": x0.new_empty((n_kept, *event)),
-            "var": x0.new_empty((n_kept, *event)),
-            "energy": x0.new_empty((n_kept,)),
-            "n_nonfinite": torch.zeros((n_kept,), dtype=torch.int64, device=x0.device),
-        }
+        shapes = {"mean": (n_kept, *event), "var": (n_kept, *event), "energy": (n_kept,)}
+        diag = {key: x0.new_empty(shapes[key]) for key in self.diagnostic_keys}
         if self.has_acceptance:
             diag["acceptance_rate"] = x0.new_empty((n_kept,))
         return diag
 
     def _record(self, diag: dict[str, Tensor], kept: int, state: ChainState, window: int,
-                accepted_sum: Tensor | None, nonfinite_sum: Tensor) -> None:
+                accepted_sum: Tensor | None) -> None:
         # Written on the device, with no host sync: the loop never waits for these numbers.
-        diag["mean"][kept] = state.x.mean(dim=0)
-        diag["var"][kept] = state.x.var(dim=0, correction=0)
+        if "mean" in diag:
+            diag["mean"][kept] = state.x.mean(dim=0)
+            diag["var"][kept] = state.x.var(dim=0, correction=0)
         diag["energy"][kept] = self._energy_for_diagnostics(state).mean()
-        diag["n_nonfinite"][kept] = nonfinite_sum
-        nonfinite_sum.zero_()
         if accepted_sum is not None:
             diag["acceptance_rate"][kept] = accepted_sum / window
             accepted_sum.zero_()
-

@@ -1,4 +1,5 @@
-r"""`ContrastiveDivergence`: the maximum-likelihood gradient of an energy model with MCMC negatives."""
+r"""`ContrastiveDivergence` and `PersistentContrastiveDivergence`: the maximum-likelihood gradient
+of an energy model with MCMC negatives."""
 
 from __future__ import annotations
 
@@ -8,147 +9,147 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from nnh.stateful.mcmc.base import BaseSampler
+from nnh.stateful.mcmc._sample_args import merge_condition
+from nnh.stateful.mcmc.losses import BaseContrastiveDivergence
 
-__all__ = ["ContrastiveDivergence"]
+__all__ = ["ContrastiveDivergence", "PersistentContrastiveDivergence"]
+
+_CALL_OPTIONS = ("energy_reg_weight", "add_noise_to_real", "noise_scale")
 
 
-class ContrastiveDivergence(nn.Module):
+class ContrastiveDivergence(BaseContrastiveDivergence):
     r"""Contrastive divergence loss for an energy model U_theta:
 
-    .. math:: \mathcal L = \frac1B \sum_b U_\theta(x^+_b) - \frac1B \sum_b U_\theta(x^-_b)
+    .. math:: \mathcal L = \overline{U_\theta(x^+)} - \overline{U_\theta(x^-)}
+        + w\,\big(\overline{U_\theta(x^+)^2} + \overline{U_\theta(x^-)^2}\big)
 
-    whose gradient estimates that of the negative log-likelihood, with x^+ the data and x^-
-    negative samples from ``k_steps`` of ``sampler`` (no gradient flows through the chains).
+    (bars: means over the batch), whose first two terms estimate the gradient of the negative
+    log-likelihood; x^+ is the data (plus N(0, noise_scale^2) noise with ``add_noise_to_real``)
+    and x^- negative samples from ``k_steps`` of ``sampler`` (no gradient flows through the
+    chains). w = ``energy_reg_weight`` keeps the energies from drifting to large magnitudes.
 
-    Chains start from the data batch (CD-k), or with ``persistent=True`` from a replay buffer of
-    ``buffer_size`` slots (PCD): each call picks B distinct slots at random, restarts each of
-    those chains from ``init_dist`` with probability ``new_sample_ratio``, runs the sampler and
-    writes every chain back to its own slot. The buffer starts full of ``init_dist`` draws.
+    Chains start from the data batch (CD-k), or with ``persistent=True`` from the replay buffer
+    (PCD; see `nnh.stateful.mcmc.losses`).
 
     Call forms:
-        ``loss, negatives = cd(x)`` with data x (B, *event_shape); and ``cd(energies, x)``,
-        the form `NNHandler` uses for a GENERATIVE model (``loss_fn(output, inputs)``): the
-        handler's forward pass ``energies = model(x)`` is reused as U(x^+).
+        ``loss, negatives = cd(x, y=None, model_kwargs=None, generator=None)`` with data x
+        (B, *event_shape) (``y`` / ``model_kwargs`` condition the model in both phases and the
+        chains); and ``cd(energies, x)``, the form `NNHandler` uses for a GENERATIVE model
+        (``loss_fn(output, inputs)``): the handler's forward pass ``energies = model(x)`` is reused
+        as U(x^+). Keywords ``energy_reg_weight``, ``add_noise_to_real`` and ``noise_scale``
+        override the constructor's for one call; other keywords (the handler's ``epoch=``) are
+        ignored.
 
     Non-finite loss: ``on_nonfinite="raise"`` (default) raises FloatingPointError;
     ``"skip"`` warns and returns a zero loss whose gradient is exactly zero for every
-    parameter, so ``backward()`` and ``optimizer.step()`` leave the update at zero gradient.
-    The check reads one scalar per call (a host sync on an accelerator, once per training step).
+    parameter. The check reads one scalar per call (a host sync on an accelerator, once per
+    training step).
 
     Args:
-        model: the energy model (the sampler's model).
-        sampler: an nnh MCMC sampler (e.g. `LangevinDynamics`).
-        k_steps: sampler steps per call.
-        persistent: keep chains across calls in the replay buffer.
-        buffer_size: slots of the buffer (>= the batch size).
-        new_sample_ratio: probability that a chain restarts from ``init_dist``.
-        init_dist: None (standard normal), a ``torch.distributions.Distribution`` whose
-            ``sample((n,))`` gives (n, *event_shape), or a callable ``n -> (n, *event_shape)``.
+        model, sampler, k_steps, persistent, buffer_size, init_steps, new_sample_ratio: see
+            `BaseContrastiveDivergence`.
+        energy_reg_weight: w >= 0. add_noise_to_real: perturb the data. noise_scale: its std.
+        dtype, device: see `BaseLoss`.
+        init_dist, on_nonfinite: keyword-only; see above and `BaseContrastiveDivergence`.
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        sampler: BaseSampler,
+        model: Any,
+        sampler: Any,
         k_steps: int = 10,
         persistent: bool = False,
         buffer_size: int = 10000,
+        init_steps: int = 100,
         new_sample_ratio: float = 0.05,
-        init_dist: Any = None,
+        energy_reg_weight: float = 0.001,
+        add_noise_to_real: bool = False,
+        noise_scale: float = 1e-4,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
         *,
+        init_dist: Any = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
-        super().__init__()
-        if not callable(model):
-            raise TypeError(f"ContrastiveDivergence: model must be an energy nn.Module, got {model!r}.")
-        if not callable(getattr(sampler, "sample", None)):
-            raise TypeError(f"ContrastiveDivergence: sampler must have a sample(...) method, got {sampler!r}.")
-        for name, value, low in (("k_steps", k_steps, 1), ("buffer_size", buffer_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"ContrastiveDivergence: {name} must be an int >= {low}, got {value!r}.")
-        if not 0.0 <= new_sample_ratio <= 1.0:
-            raise ValueError(f"ContrastiveDivergence: new_sample_ratio must be in [0, 1], got {new_sample_ratio!r}.")
+        super().__init__(model, sampler, k_steps, persistent, buffer_size, new_sample_ratio, init_steps, dtype, device,
+                         init_dist=init_dist)
+        owner = type(self).__name__
+        if not energy_reg_weight >= 0:
+            raise ValueError(f"{owner}: energy_reg_weight must be >= 0, got {energy_reg_weight!r}.")
+        if not noise_scale >= 0:
+            raise ValueError(f"{owner}: noise_scale must be >= 0, got {noise_scale!r}.")
         if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"ContrastiveDivergence: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
-        self.model = model
-        self.sampler = sampler
-        self.k_steps = k_steps
-        self.persistent = persistent
-        self.buffer_size = buffer_size
-        self.new_sample_ratio = float(new_sample_ratio)
-        self.init_dist = init_dist
+            raise ValueError(f"{owner}: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
+        self.energy_reg_weight = float(energy_reg_weight)
+        self.add_noise_to_real = bool(add_noise_to_real)
+        self.noise_scale = float(noise_scale)
         self.on_nonfinite = on_nonfinite
-        self.replay_buffer: Tensor | None = None
 
-    def _init_samples(self, n: int, like: Tensor) -> Tensor:
-        if self.init_dist is None:
-            return torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device)
-        sample = getattr(self.init_dist, "sample", None)
-        draws = sample((n,)) if callable(sample) else self.init_dist(n)
-        if draws.shape != (n, *like.shape[1:]):
-            raise ValueError(
-                f"ContrastiveDivergence: init_dist gave shape {tuple(draws.shape)} for {n} samples; "
-                f"it must give (n, *event_shape) = {(n, *like.shape[1:])}."
-            )
-        return draws.to(device=like.device, dtype=like.dtype)
-
-    @torch.no_grad()
-    def _chain_starts(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Starting points (B, *event_shape) and, when persistent, the buffer slots they use."""
-        if not self.persistent:
-            return x, None
-        n = x.shape[0]
-        if n > self.buffer_size:
-            raise ValueError(
-                f"ContrastiveDivergence: batch of {n} chains but buffer_size={self.buffer_size}; "
-                "use buffer_size >= the batch size."
-            )
-        if self.replay_buffer is None or self.replay_buffer.shape[1:] != x.shape[1:]:
-            self.replay_buffer = self._init_samples(self.buffer_size, x)
-        self.replay_buffer = self.replay_buffer.to(device=x.device, dtype=x.dtype)
-        slots = torch.randperm(self.buffer_size, device=x.device)[:n]
-        starts = self.replay_buffer[slots]
-        restart = torch.rand(n, device=x.device) < self.new_sample_ratio
-        fresh = self._init_samples(n, x)
-        starts = torch.where(restart.view((-1,) + (1,) * (x.ndim - 1)), fresh, starts)
-        return starts, slots
-
-    def forward(self, *args: Tensor, **_: Any) -> tuple[Tensor, Tensor]:
-        """``cd(x)`` or ``cd(energies_of_x, x)``; returns ``(loss, negative_samples)``.
-
-        Extra keyword arguments (such as the handler's ``epoch=``) are ignored.
-        """
+    def forward(self, *args: Tensor, y: Any = None, model_kwargs: dict[str, Any] | None = None,
+                generator: torch.Generator | None = None, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """``cd(x)`` or ``cd(energies_of_x, x)``; returns ``(loss, negative_samples)``."""
         if len(args) == 1:
             x, positive_energy = args[0], None
         elif len(args) == 2:
             positive_energy, x = args
         else:
-            raise TypeError(
-                f"ContrastiveDivergence: call as cd(x) or cd(energies, x), got {len(args)} positional arguments."
-            )
-        x = x.detach()
-        starts, slots = self._chain_starts(x)
-        negatives = self.sampler.sample(x=starts, n_steps=self.k_steps).detach()
+            raise TypeError(f"{type(self).__name__}: call as cd(x) or cd(energies, x), got {len(args)} positional arguments.")
+        x = self._placed(x.detach())
+        mk = merge_condition(type(self).__name__, model_kwargs, y, x.device)
+        starts, slots = self._chain_starts(x, generator)
+        negatives = self._sample(starts, self.k_steps, mk, generator)
         if slots is not None:
-            self.replay_buffer[slots] = negatives
-        if positive_energy is None:
-            positive_energy = self.model(x)
-        if positive_energy.shape != (x.shape[0],):
-            raise ValueError(
-                f"ContrastiveDivergence: energies must have shape ({x.shape[0]},), got {tuple(positive_energy.shape)}."
-            )
-        loss = positive_energy.mean() - self.model(negatives).mean()
-        if not torch.isfinite(loss):
-            loss = self._nonfinite(loss)
+            self.update_buffer(negatives, slots)
+        options = {k: kwargs[k] for k in _CALL_OPTIONS if k in kwargs}
+        loss = self.compute_loss(x, negatives, model_kwargs=mk, generator=generator, positive_energy=positive_energy,
+                                 **options)
         return loss, negatives
 
+    def compute_loss(self, x: Tensor, pred_x: Tensor, *args: Any, model_kwargs: dict[str, Any] | None = None,
+                     generator: torch.Generator | None = None, positive_energy: Tensor | None = None,
+                     **options: Any) -> Tensor:
+        """The loss from data ``x`` and negatives ``pred_x``; ``positive_energy`` = U(x) when
+        already computed (it is then used as it is, without the data noise)."""
+        weight = options.get("energy_reg_weight", self.energy_reg_weight)
+        mk = model_kwargs or {}
+        if positive_energy is None:
+            if options.get("add_noise_to_real", self.add_noise_to_real):
+                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = x + options.get("noise_scale", self.noise_scale) * noise
+            positive_energy = self.model(x, **mk)
+        if positive_energy.shape != (x.shape[0],):
+            raise ValueError(
+                f"{type(self).__name__}: energies must have shape ({x.shape[0]},), got {tuple(positive_energy.shape)}."
+            )
+        negative_energy = self.model(pred_x, **mk)
+        loss = positive_energy.mean() - negative_energy.mean()
+        if weight > 0:
+            loss = loss + weight * (positive_energy.square().mean() + negative_energy.square().mean())
+        if not torch.isfinite(loss):
+            loss = self._nonfinite(loss)
+        return loss
+
     def _nonfinite(self, loss: Tensor) -> Tensor:
-        message = f"ContrastiveDivergence: the loss is {loss.item()} (a non-finite energy)"
+        message = f"{type(self).__name__}: the loss is {loss.item()} (a non-finite energy)"
         if self.on_nonfinite == "raise":
             raise FloatingPointError(message + "; lower the sampler's step size or regularise the energy.")
-        warnings.warn(message + "; skipping: returning a zero loss with zero gradients.", RuntimeWarning, stacklevel=3)
+        warnings.warn(message + "; skipping: returning a zero loss with zero gradients.", RuntimeWarning, stacklevel=4)
         params = [p for p in self.model.parameters() if p.requires_grad] if isinstance(self.model, nn.Module) else []
         zero = loss.new_zeros(())
         # 0 * p has gradient exactly 0 (p is finite), so every parameter gets a zero gradient.
         return zero + sum((0.0 * p).sum() for p in params) if params else zero.requires_grad_()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(model={type(self.model).__name__}, sampler={type(self.sampler).__name__}, "
+                f"k_steps={self.k_steps}, persistent={self.persistent})")
+
+
+class PersistentContrastiveDivergence(ContrastiveDivergence):
+    """`ContrastiveDivergence` with ``persistent=True`` (the replay buffer); same arguments."""
+
+    def __init__(self, model: Any, sampler: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["persistent"] = True
+        if len(args) >= 2:  # (k_steps, persistent, ...): the positional persistent is overridden
+            args = (args[0], True, *args[2:])
+            kwargs.pop("persistent")
+        super().__init__(model, sampler, *args, **kwargs)

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 
 from nnh.func.mcmc import ChainState, StepInfo, hmc_step, standard_normal_like, uniform_per_chain
-from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue, _count
+from nnh.stateful.mcmc._sample_args import count as _count
+from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
+from nnh.stateful.mcmc.integrators import BaseSymplecticIntegrator, resolve_integrator
 
 __all__ = ["HamiltonianMonteCarlo"]
 
@@ -28,7 +30,10 @@ class HamiltonianMonteCarlo(BaseSampler):
         n_leapfrog_steps: L >= 1.
         mass: None (identity), a positive float or int, or a positive tensor broadcastable to
             the event shape (a diagonal mass matrix).
-        device, dtype, dim, n_steps: see `BaseSampler`.
+        dtype, device: see `BaseSampler`.
+        integrator: None or ``"leapfrog"`` (the default, `nnh.func.leapfrog`), or a separable
+            symplectic integrator instance.
+        dim, n_steps: keyword-only; see `BaseSampler`.
     """
 
     has_acceptance = True
@@ -39,8 +44,9 @@ class HamiltonianMonteCarlo(BaseSampler):
         step_size: ScheduledValue = 1e-3,
         n_leapfrog_steps: int = 10,
         mass: float | int | Tensor | None = None,
-        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        integrator: str | BaseSymplecticIntegrator | None = None,
         *,
         dim: int | tuple[int, ...] | None = None,
         n_steps: int = 100,
@@ -64,6 +70,12 @@ class HamiltonianMonteCarlo(BaseSampler):
             raise TypeError(f"{owner}: mass must be None, a number or a tensor, got {type(mass).__name__}.")
         self.mass: float | Tensor = mass
         self._mass: float | Tensor = mass
+        self.integrator = resolve_integrator(integrator, default="leapfrog", family=BaseSymplecticIntegrator, owner=owner)
+        if not self.integrator.separable:
+            raise TypeError(
+                f"{owner}: integrator {type(self.integrator).__name__} is for non-separable Hamiltonians; "
+                "HMC needs a separable one (leapfrog). Use RiemannianManifoldHMC for a position-dependent metric."
+            )
 
     def _prepare(self, x: Tensor) -> None:
         if isinstance(self.mass, Tensor):
@@ -88,4 +100,5 @@ class HamiltonianMonteCarlo(BaseSampler):
             self._mass,
             noise=standard_normal_like(state.x, generator),
             uniform=uniform_per_chain(state.x, generator),
+            trajectory=self.integrator.trajectory,
         )

@@ -24,7 +24,7 @@ class MALA(BaseSampler):
     Args:
         model: energy U. step_size: h > 0; noise_scale: s > 0 (numbers or schedulers); a
             schedule reaching 0 or below raises ValueError at that step (see `BaseSampler`).
-        device, dtype, dim, n_steps: see `BaseSampler`.
+        dtype, device, and keyword-only dim, n_steps: see `BaseSampler`.
     """
 
     has_acceptance = True
@@ -34,8 +34,8 @@ class MALA(BaseSampler):
         model: Callable[[Tensor], Tensor],
         step_size: ScheduledValue = 1e-3,
         noise_scale: ScheduledValue = 1.0,
-        device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
         *,
         dim: int | tuple[int, ...] | None = None,
         n_steps: int = 100,

@@ -9,7 +9,9 @@ Two spellings are accepted for the same arguments, as both appear in user code:
 Passing both spellings of one argument with different values is an error.
 
 Every scheduler records its constructor arguments (``init_args``, ``init_kwargs``) and has
-``state_dict()`` / ``load_state_dict()``, so a checkpoint can rebuild it and resume its count.
+``state_dict()`` / ``load_state_dict()``. The state holds every constructor parameter besides the
+step count and the current value, so loading it into a scheduler of the same class built with
+other numbers gives the saved schedule (``WarmupScheduler`` nests its main scheduler's state).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "ExponentialDecayScheduler",
     "LinearScheduler",
     "MultiStepScheduler",
+    "TemperatureScheduler",
     "WarmupScheduler",
 ]
 
@@ -54,7 +57,10 @@ def _positive_int(owner: str, name: str, value: Any) -> int:
 
 
 class BaseScheduler(RecordsInit, abc.ABC):
-    """A schedule v(k). Subclasses implement `value_at(k)`, a pure function of the step."""
+    """A schedule v(k). Subclasses implement `value_at(k)`, a pure function of the step, and
+    list in ``_parameters`` the attributes (besides ``start_value``) that define it."""
+
+    _parameters: tuple[str, ...] = ()
 
     def __init__(self, start_value: float) -> None:
         self.start_value = _finite_number(type(self).__name__, "start_value", start_value)
@@ -81,9 +87,20 @@ class BaseScheduler(RecordsInit, abc.ABC):
         self.current_value = self.value_at(0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step_count": self.step_count, "current_value": self.current_value}
+        """``step_count``, ``current_value`` and every parameter of the schedule (plain values)."""
+        state: dict[str, Any] = {name: getattr(self, name) for name in ("start_value", *self._parameters)}
+        for name, value in state.items():
+            if isinstance(value, list):
+                state[name] = list(value)
+        return {**state, "step_count": self.step_count, "current_value": self.current_value}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned. Parameters missing from ``state_dict`` (a state
+        saved by an older nnh, which kept only the count and the value) keep their values."""
+        for name in ("start_value", *self._parameters):
+            if name in state_dict:
+                value = state_dict[name]
+                setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
         self.step_count = int(state_dict["step_count"])
         self.current_value = float(state_dict["current_value"])
 
@@ -108,6 +125,8 @@ class ConstantScheduler(BaseScheduler):
 
 class LinearScheduler(BaseScheduler):
     r"""v(k) = start + (end - start) k / n for k < n, and end for k >= n."""
+
+    _parameters = ("end_value", "n_steps")
 
     def __init__(
         self,
@@ -143,6 +162,8 @@ class CosineScheduler(LinearScheduler):
 class ExponentialDecayScheduler(BaseScheduler):
     r"""v(k) = max(min_value, start_value * decay_rate^k), with 0 < decay_rate <= 1."""
 
+    _parameters = ("decay_rate", "min_value")
+
     def __init__(
         self,
         start_value: float | None = None,
@@ -166,6 +187,8 @@ class ExponentialDecayScheduler(BaseScheduler):
 
 class MultiStepScheduler(BaseScheduler):
     r"""v(k) = start_value * gamma^m(k), m(k) = the number of milestones <= k."""
+
+    _parameters = ("milestones", "gamma")
 
     def __init__(
         self,
@@ -196,6 +219,8 @@ class WarmupScheduler(BaseScheduler):
 
     so the main schedule starts once the warm-up ends. f = ``warmup_init_factor``.
     """
+
+    _parameters = ("warmup_steps", "warmup_init_factor", "target_value")
 
     def __init__(self, main_scheduler: BaseScheduler, warmup_steps: int, warmup_init_factor: float = 0.01) -> None:
         owner = type(self).__name__
@@ -231,3 +256,63 @@ class WarmupScheduler(BaseScheduler):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.main_scheduler.load_state_dict(state_dict["main_scheduler"])
+
+
+class TemperatureScheduler(BaseScheduler):
+    r"""A piecewise-linear temperature over a virtual time t, for two-regime (transport, then
+    Boltzmann) sampling. Step k maps to :math:`t_k = t_0 + (t_1 - t_0) \min(k, n) / n` and
+
+    .. math:: \epsilon(t) = 0 \;(t < \tau^*),\qquad
+        \epsilon_{max} \frac{t - \tau^*}{1 - \tau^*} \;(\tau^* \le t < 1),\qquad
+        \epsilon_{max} \;(t \ge 1)
+
+    v(k) is :math:`\sqrt{\epsilon(t_k)}` with ``sqrt=True`` (the default: a ready
+    ``noise_scale`` for `LangevinDynamics`, whose noise is then
+    :math:`\sqrt{2 \epsilon h}\,\xi`), else :math:`\epsilon(t_k)`.
+
+    Args:
+        epsilon_max: the plateau temperature, >= 0. tau_star: the switch time, in [0, 1).
+        n_steps: steps from ``t_start`` to ``t_end`` (> 0); the value holds after them.
+        t_start, t_end: virtual times at steps 0 and n, ``t_end >= t_start`` (t_end may pass 1).
+    """
+
+    _parameters = ("epsilon_max", "tau_star", "n_steps", "t_start", "t_end", "sqrt")
+
+    def __init__(
+        self,
+        epsilon_max: float,
+        tau_star: float = 0.8,
+        n_steps: int = 200,
+        t_start: float = 0.0,
+        t_end: float = 1.0,
+        sqrt: bool = True,
+    ) -> None:
+        owner = type(self).__name__
+        self.epsilon_max = _finite_number(owner, "epsilon_max", epsilon_max)
+        if self.epsilon_max < 0:
+            raise ValueError(f"{owner}: epsilon_max must be >= 0, got {epsilon_max!r}.")
+        self.tau_star = _finite_number(owner, "tau_star", tau_star)
+        if not 0.0 <= self.tau_star < 1.0:
+            raise ValueError(f"{owner}: tau_star must be in [0, 1), got {tau_star!r}.")
+        self.n_steps = _positive_int(owner, "n_steps", n_steps)
+        self.t_start = _finite_number(owner, "t_start", t_start)
+        self.t_end = _finite_number(owner, "t_end", t_end)
+        if self.t_end < self.t_start:
+            raise ValueError(f"{owner}: t_end={t_end!r} must be >= t_start={t_start!r}.")
+        self.sqrt = bool(sqrt)
+        super().__init__(self._value_at_time(self.t_start))
+
+    def epsilon_at(self, t: float) -> float:
+        r""":math:`\epsilon(t)`, the temperature at virtual time t."""
+        if t < self.tau_star:
+            return 0.0
+        if t < 1.0:
+            return self.epsilon_max * (t - self.tau_star) / (1.0 - self.tau_star)
+        return self.epsilon_max
+
+    def _value_at_time(self, t: float) -> float:
+        epsilon = self.epsilon_at(t)
+        return math.sqrt(epsilon) if self.sqrt else epsilon
+
+    def value_at(self, k: int) -> float:
+        return self._value_at_time(self.t_start + (self.t_end - self.t_start) * min(k, self.n_steps) / self.n_steps)

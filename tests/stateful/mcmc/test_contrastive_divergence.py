@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from nnh import ContrastiveDivergence, LangevinDynamics, ModelType, NNHandler
+import nnh
+from nnh import ContrastiveDivergence, LangevinDynamics, LinearScheduler, ModelType, NNHandler, PersistentContrastiveDivergence
 
 
 class EnergyMLP(nn.Module):
@@ -30,7 +31,10 @@ def test_cd_training_lowers_energy_at_the_data(persistent):
     gen = torch.Generator().manual_seed(0)
     model = EnergyMLP()
     sampler = LangevinDynamics(model, step_size=0.05, noise_scale=1.0)
-    cd = ContrastiveDivergence(model, sampler, k_steps=10, persistent=persistent, buffer_size=1024,
+    # init_steps=0: the buffer starts as uniform noise. Burning it in on the untrained energy (the
+    # default 100 steps) gathers the chains where that random energy is low, and 200 updates
+    # then reach an AUC of 0.71 instead of 0.92.
+    cd = ContrastiveDivergence(model, sampler, k_steps=10, persistent=persistent, buffer_size=1024, init_steps=0,
                                init_dist=torch.distributions.Uniform(torch.full((2,), -4.0), torch.full((2,), 4.0)))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(200):
@@ -132,3 +136,103 @@ def test_bad_arguments():
         ContrastiveDivergence(nn.Linear(2, 1), ShiftSampler(), new_sample_ratio=2.0)
     with pytest.raises(ValueError, match="use buffer_size >= the batch size"):
         ContrastiveDivergence(lambda x: x.sum(1), ShiftSampler(), persistent=True, buffer_size=2)(torch.zeros(4, 2))
+
+
+class StepSampler(nnh.BaseSampler):
+    """Moves every chain by +n_steps and records the keywords it was called with."""
+
+    def __init__(self, model=None):
+        super().__init__(model or (lambda x: x.sum(1)))
+        self.register_scheduler("step_size", LinearScheduler(1.0, 0.5, 10))
+        self.calls = []
+
+    def sample(self, x=None, n_steps=100, **kwargs):
+        self.calls.append(kwargs)
+        return x + n_steps
+
+
+class LinearEnergy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, -2.0]))
+
+    def forward(self, x, y=None):
+        return x @ self.w if y is None else x @ self.w + y
+
+
+def test_constructor_follows_torchebms_order():
+    cd = ContrastiveDivergence(LinearEnergy(), StepSampler(), 5, True, 64, 3, 0.1, 0.01, True, 0.5, torch.float64, "cpu")
+    assert (cd.k_steps, cd.persistent, cd.buffer_size, cd.init_steps, cd.new_sample_ratio) == (5, True, 64, 3, 0.1)
+    assert (cd.energy_reg_weight, cd.add_noise_to_real, cd.noise_scale) == (0.01, True, 0.5)
+    assert cd.dtype == torch.float64 and cd.device == torch.device("cpu")
+    defaults = ContrastiveDivergence(LinearEnergy(), StepSampler())
+    assert (defaults.k_steps, defaults.buffer_size, defaults.init_steps, defaults.new_sample_ratio) == (10, 10000, 100, 0.05)
+    assert (defaults.energy_reg_weight, defaults.add_noise_to_real, defaults.noise_scale) == (0.001, False, 1e-4)
+    assert PersistentContrastiveDivergence(LinearEnergy(), StepSampler(), 5).persistent
+    assert isinstance(cd, nnh.BaseContrastiveDivergence) and isinstance(cd, nnh.BaseLoss)
+
+
+def test_loss_formula_with_regulariser_and_data_noise():
+    model = LinearEnergy()
+    x = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, -1.0]])
+    cd = ContrastiveDivergence(model, StepSampler(), k_steps=2, energy_reg_weight=0.1)
+    loss, negatives = cd(x)
+    torch.testing.assert_close(negatives, x + 2)
+    pos, neg = x @ model.w, (x + 2) @ model.w
+    expected = pos.mean() - neg.mean() + 0.1 * (pos.square().mean() + neg.square().mean())
+    torch.testing.assert_close(loss, expected)
+    noisy = ContrastiveDivergence(model, StepSampler(), k_steps=2, energy_reg_weight=0.0, add_noise_to_real=True,
+                                  noise_scale=0.3)
+    loss, _ = noisy(x, generator=torch.Generator().manual_seed(4))
+    xi = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loss, ((x + 0.3 * xi) @ model.w).mean() - neg.mean())
+    loss, _ = noisy(x, add_noise_to_real=False)  # a per-call override
+    torch.testing.assert_close(loss, pos.mean() - neg.mean())
+
+
+def test_persistent_buffer_is_burned_in_then_updated_slot_by_slot():
+    cd = PersistentContrastiveDivergence(LinearEnergy(), StepSampler(), k_steps=2, buffer_size=6, init_steps=3,
+                                         new_sample_ratio=0.0, init_dist=lambda n: torch.zeros(n, 2))
+    _, negatives = cd(torch.zeros(4, 2))
+    buffer = cd.replay_buffer
+    assert buffer.shape == (6, 2) and cd.buffer_initialized
+    assert sorted(buffer[:, 0].tolist()) == [3.0, 3.0, 5.0, 5.0, 5.0, 5.0]  # 3 burn-in steps, 2 more for 4 slots
+    torch.testing.assert_close(negatives, torch.full((4, 2), 5.0))
+    state = cd.state_dict()
+    fresh = PersistentContrastiveDivergence(LinearEnergy(), StepSampler(), buffer_size=6)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.replay_buffer, buffer)
+
+
+def test_conditioning_reaches_model_and_sampler_and_schedulers_step_together():
+    model, sampler = LinearEnergy(), StepSampler()
+    cd = ContrastiveDivergence(model, sampler, k_steps=1, energy_reg_weight=0.0)
+    x, y = torch.zeros(2, 2), torch.tensor([3.0, 5.0])
+    loss, _ = cd(x, y=y, generator=torch.Generator())
+    assert sampler.calls[-1]["model_kwargs"] == {"y": y} and "generator" in sampler.calls[-1]
+    torch.testing.assert_close(loss, (x @ model.w + y).mean() - ((x + 1) @ model.w + y).mean())
+    cd.register_scheduler("energy_reg_weight", LinearScheduler(0.0, 1.0, 4))
+    cd.step_schedulers()
+    assert cd.get_scheduled_value("energy_reg_weight") == 0.25
+    assert sampler.get_scheduled_value("step_size") == 0.95  # the sampler's schedulers step with the loss's
+    cd.reset_schedulers()
+    assert sampler.get_scheduled_value("step_size") == 1.0
+
+
+def test_a_user_loss_on_the_contrastive_divergence_base():
+    class MarginCD(nnh.BaseContrastiveDivergence):
+        """max(0, 1 + U(x+) - U(x-)), averaged."""
+
+        def forward(self, x):
+            negatives = self.sampler.sample(x=self.get_start_points(x), n_steps=self.k_steps)
+            self.update_buffer(negatives)
+            return self.compute_loss(x, negatives), negatives
+
+        def compute_loss(self, x, pred_x):
+            return torch.relu(1 + self.model(x) - self.model(pred_x)).mean()
+
+    model = LinearEnergy()
+    loss_fn = MarginCD(model, StepSampler(), k_steps=1, persistent=True, buffer_size=8, init_dist=lambda n: torch.zeros(n, 2))
+    loss, negatives = loss_fn(torch.zeros(3, 2))
+    torch.testing.assert_close(loss, torch.relu(1 - negatives @ model.w).mean())
+    assert int((loss_fn.replay_buffer != 0).any(1).sum()) == 3  # three slots written back

@@ -154,3 +154,27 @@ def test_mala_noise_scale_samples_exp_minus_u_over_s_squared():
         x=x0, n_steps=60, generator=gen)
     assert abs(samples.mean().item()) < K * s / math.sqrt(n)
     assert abs(samples.var().item() - s * s) < sample_variance_bound(s * s, n), samples.var().item()
+
+
+@pytest.mark.parametrize("integrator, decay, variance", [
+    # x' = a x + sqrt(2h) xi has stationary variance 2h / (1 - a^2). With h = 0.2:
+    # Euler-Maruyama with decay 1 on U = x^2/2: a = 1 - 2h, variance 1 / (2 (1 - h)) = 0.625;
+    # Heun without decay: a = 1 - h + h^2/2 = 0.82, variance 0.4 / (1 - 0.82^2) = 1.2210.
+    ("euler_maruyama", 1.0, 0.625),
+    ("heun", 0.0, 0.4 / (1 - 0.82**2)),
+])
+def test_langevin_integrators_and_decay_reach_their_stationary_variance(integrator, decay, variance):
+    n = 40_000
+    gen = torch.Generator().manual_seed(13)
+    x0 = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    sampler = LangevinDynamics(HarmonicModel(), 0.2, 1.0, decay, dtype=torch.float64, integrator=integrator)
+    samples = sampler.sample(x=x0, n_steps=60, generator=gen)  # contraction 0.82^60 ~ 7e-6
+    assert abs(samples.mean().item()) < K * math.sqrt(variance / n)
+    assert abs(samples.var().item() - variance) < sample_variance_bound(variance, n), samples.var().item()
+
+
+def test_langevin_clamp_keeps_every_state_in_the_box():
+    sampler = LangevinDynamics(HarmonicModel(), 0.5, 2.0, clamp=(-0.3, 0.2))
+    traj = sampler.sample(x=torch.randn(500, 2), n_steps=20, return_trajectory=True)
+    assert traj.min() >= -0.3 and traj.max() <= 0.2
+    assert (traj == -0.3).any() and (traj == 0.2).any()  # the noise pushes chains onto both walls
