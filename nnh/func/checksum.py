@@ -18,7 +18,8 @@ import torch
 
 from nnh.func._errors import CheckpointError
 
-__all__ = ["CHECKSUM_KEY", "Unstorable", "add_checksum", "verify_checksum", "tensor_checksum"]
+__all__ = ["CHECKSUM_KEY", "Unstorable", "add_checksum", "verify_checksum", "tensor_checksum", "sealed_tensors",
+           "tensor_check_error"]
 
 CHECKSUM_KEY = "nnh_checksum"
 _CHECKSUM_ALGORITHM = "blocksum64-v1"
@@ -221,18 +222,12 @@ def add_checksum(ckpt: dict[str, Any]) -> dict[str, Any]:
                                    "tensors": _checksums([t for _, t in tensors], _WORKERS)}}
 
 
-def verify_checksum(ckpt: dict[str, Any], path: str, *, wait: bool = True) -> Callable[[], None]:
-    """Check `ckpt` (as read from `path`) against the checksum `add_checksum` stored in it;
-    raise `CheckpointError` naming the path and the first part that differs.
-
-    The keys and plain values are checked before it returns. With ``wait=False`` the tensor
-    data (the bulk: one read of every byte, ~23 ms for 600 MB on one thread) is checked by
-    background threads while the caller goes on, and the function returned waits for it and raises then; the caller
-    must not write to the tensors or let them out before calling it. With ``wait=True`` it
-    is checked at once and the function returned does nothing.
-    """
+def sealed_tensors(ckpt: dict[str, Any], path: str) -> tuple[list[tuple[tuple, torch.Tensor]], torch.Tensor]:
+    """The tensors of a sealed `ckpt` with their keys, in the order of its checksum record, and
+    the sums recorded for them; a `CheckpointError` when the record is damaged or of an unknown
+    kind, or when the keys and plain values differ from those sealed (everything but the
+    tensor data is checked here)."""
     stored = ckpt.get(CHECKSUM_KEY)
-    corrupt = f"The checkpoint {path!r} is corrupt (changed after it was saved: a disk, copy or transfer error)"
     if isinstance(stored, dict) and isinstance(stored.get("algorithm"), str) \
             and stored["algorithm"] != _CHECKSUM_ALGORITHM:
         raise CheckpointError(f"The checkpoint {path!r} has a checksum of kind {stored['algorithm']!r}, which "
@@ -241,15 +236,49 @@ def verify_checksum(ckpt: dict[str, Any], path: str, *, wait: bool = True) -> Ca
     if not (isinstance(stored, dict) and isinstance(stored.get("meta"), str)
             and isinstance(stored.get("tensors"), torch.Tensor)
             and stored["tensors"].dtype == torch.int64 and stored["tensors"].dim() == 1):
-        raise CheckpointError(f"{corrupt}: its checksum record is damaged. Load an earlier checkpoint.")
+        raise CheckpointError(f"{_corrupt(path)}: its checksum record is damaged. Load an earlier checkpoint.")
     try:
         tokens, tensors = _contents({k: v for k, v in ckpt.items() if k != CHECKSUM_KEY})
     except Unstorable as exc:
-        raise CheckpointError(f"{corrupt}: {exc}") from None
+        raise CheckpointError(f"{_corrupt(path)}: {exc}") from None
     if _meta_digest(tokens) != stored["meta"] or len(tensors) != stored["tensors"].numel():
-        raise CheckpointError(f"{corrupt}: its keys or plain values (everything but the tensor data) do "
+        raise CheckpointError(f"{_corrupt(path)}: its keys or plain values (everything but the tensor data) do "
                               "not match the checksum stored with them. Load an earlier checkpoint.")
-    expected = stored["tensors"].cpu()
+    return tensors, stored["tensors"].cpu()
+
+
+def _corrupt(path: str) -> str:
+    return f"The checkpoint {path!r} is corrupt (changed after it was saved: a disk, copy or transfer error)"
+
+
+def tensor_check_error(path: str, tensors: list[tuple[tuple, torch.Tensor]], differ: list[int],
+                       failure: BaseException | None = None) -> CheckpointError | None:
+    """The error for tensors whose data does not match their sums (indices `differ`), or for a
+    `failure` while summing them; None when neither."""
+    if failure is not None:
+        error = CheckpointError(f"Cannot verify the checkpoint {path!r}: checking its tensors failed "
+                                f"({type(failure).__name__}: {failure}).")
+        error.__cause__ = failure
+        return error
+    if differ:
+        names = [".".join(map(str, tensors[i][0])) for i in differ]
+        return CheckpointError(f"{_corrupt(path)}: the data of {len(names)} tensor(s) does not match the checksum "
+                               f"stored with it: {names[:5]}. Load an earlier checkpoint.")
+    return None
+
+
+def verify_checksum(ckpt: dict[str, Any], path: str, *, wait: bool = True) -> Callable[[], None]:
+    """Check `ckpt` (as read from `path`) against the checksum `add_checksum` stored in it;
+    raise `CheckpointError` naming the path and the first part that differs.
+
+    The keys and plain values are checked before it returns. With ``wait=False`` the tensor
+    data (the bulk: one read of every byte) is checked by background threads while the caller
+    goes on, and the function returned waits for it and raises then; the caller must not write
+    to the tensors or let them out before calling it. With ``wait=True`` it is checked at once
+    and the function returned does nothing. (`nnh.func.read_checkpoint` checks the tensors
+    while it copies them out of the file instead: see `nnh.func.owned_copy`.)
+    """
+    tensors, expected = sealed_tensors(ckpt, path)
     differ: list[int] = []
     failed: list[BaseException] = []
 
@@ -260,13 +289,9 @@ def verify_checksum(ckpt: dict[str, Any], path: str, *, wait: bool = True) -> Ca
             failed.append(exc)
 
     def raise_if_changed() -> None:
-        if failed:
-            raise CheckpointError(f"Cannot verify the checkpoint {path!r}: checking its tensors failed "
-                                  f"({type(failed[0]).__name__}: {failed[0]}).") from failed[0]
-        if differ:
-            names = [".".join(map(str, tensors[i][0])) for i in differ]
-            raise CheckpointError(f"{corrupt}: the data of {len(names)} tensor(s) does not match the checksum "
-                                  f"stored with it: {names[:5]}. Load an earlier checkpoint.")
+        error = tensor_check_error(path, tensors, differ, failed[0] if failed else None)
+        if error is not None:
+            raise error
 
     if wait:
         check_tensors()
@@ -281,5 +306,3 @@ def verify_checksum(ckpt: dict[str, Any], path: str, *, wait: bool = True) -> Ca
         raise_if_changed()
 
     return finish
-
-

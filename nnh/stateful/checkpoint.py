@@ -16,7 +16,6 @@ import torch
 
 from nnh._version import __version__
 from nnh.func.checkpoint import (
-    CHECKSUM_KEY,
     FORMAT_VERSION,
     CheckpointError,
     atomic_save,
@@ -27,7 +26,6 @@ from nnh.func.checkpoint import (
     find_unrecorded,
     read_checkpoint,
     state_to_dict,
-    verify_checksum,
 )
 from nnh.func.ema import init_ema
 from nnh.func.train import init_train_state
@@ -209,20 +207,10 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
         from nnh.stateful.sharded_checkpoint import load_sharded
 
         return load_sharded(cls, path, device, flags, strategy, provided)
-    ckpt = read_checkpoint(path, map_location="cpu", verify=False)
-    # The tensor data is verified in a thread while the handler is built from the (verified)
-    # rest; the handler is returned, and the global RNG state set, only once it has passed.
-    # On the CPU the build is short and the load still waits ~22 of the ~23 ms per 600 MB
-    # (benchmarks/checkpoint.py); a build that copies the weights to a GPU hides more of it.
-    tensors_verified = (verify_checksum(ckpt, path, wait=False) if isinstance(ckpt, dict) and CHECKSUM_KEY in ckpt
-                        else lambda: None)
-    try:
-        check_header(ckpt, path)
-        handler = _build_handler(cls, ckpt, path, device, *flags, provided, strategy)
-    except BaseException:
-        tensors_verified()  # a changed tensor explains a failure better than the failure does
-        raise
-    tensors_verified()
+    # Verified while the tensors are copied out of the file (`nnh.func.owned_copy`).
+    ckpt = read_checkpoint(path, map_location="cpu")
+    check_header(ckpt, path)
+    handler = _build_handler(cls, ckpt, path, device, *flags, provided, strategy)
     set_handler_rng(handler, ckpt)
     return handler
 
