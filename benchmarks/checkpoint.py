@@ -38,7 +38,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import warnings
 from typing import Any, Callable
 

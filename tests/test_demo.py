@@ -2,10 +2,9 @@ import pathlib
 import re
 
 import pytest
-import torch
 
 from nnh import NNHandler
-from nnh._demo import SpiralClassifier, main, run_demo
+from nnh._demo import SpiralClassifier, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
 
 import torch
 from torch import Tensor, nn

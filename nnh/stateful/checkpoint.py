@@ -42,12 +42,8 @@ def save_handler(handler: Any, path: str | os.PathLike) -> None:
     """`NNHandler.save`: one process writes `handler_checkpoint` atomically. Under DDP every
     rank calls it; rank 0 writes (with every rank's RNG state, so each resumes its own
     streams) and the others wait; an error on rank 0 is raised on every rank. Under FSDP
-    the shards go to a folder (`nnh.stateful.sharded_checkpoint`)."""
+    the shards go to a folder instead (`nnh.stateful.sharded_checkpoint.save_sharded`)."""
     runtime = handler.runtime
-    if runtime.sharded:
-        from nnh.stateful.sharded_checkpoint import save_sharded
-
-        return save_sharded(handler, path)
     rngs = runtime.gather(rng_state())
     runtime.on_main(lambda: atomic_save(handler_checkpoint(handler, rngs), path))
 
@@ -198,19 +194,15 @@ def load_handler(cls: type, path: str | os.PathLike, device: str | torch.device 
     Under torch.distributed every rank loads the file onto its own device, with the saved
     `strategy` unless another is given; each rank takes up its own RNG state when the file
     was saved by as many ranks. A folder saved under FSDP loads with any number of processes
-    (`nnh.stateful.sharded_checkpoint`), and a file saved by one process loads under FSDP.
+    (`nnh.stateful.sharded_checkpoint.load_sharded`), and a file saved by one process loads under FSDP.
     """
     path = os.fspath(path)
     provided = check_provided(provided)
     flags = (strict_load, skip_optimizer, skip_scheduler, skip_history, skip_callbacks, skip_sampler_sde, skip_ema)
-    if os.path.isdir(path):
-        from nnh.stateful.sharded_checkpoint import load_sharded
-
-        return load_sharded(cls, path, device, flags, strategy, provided)
     # Verified while the tensors are copied out of the file (`nnh.func.owned_copy`).
     ckpt = read_checkpoint(path, map_location="cpu")
     check_header(ckpt, path)
-    handler = _build_handler(cls, ckpt, path, device, *flags, provided, strategy)
+    handler = build_handler(cls, ckpt, path, device, *flags, provided, strategy)
     set_handler_rng(handler, ckpt)
     return handler
 
@@ -222,7 +214,7 @@ def set_handler_rng(handler: Any, ckpt: dict[str, Any]) -> None:
     set_rng_state(rngs[runtime.rank] if rngs and len(rngs) == runtime.world_size else ckpt["rng"])
 
 
-def _build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, strict_load: bool,
+def build_handler(cls: type, ckpt: dict[str, Any], path: str, device: Any, strict_load: bool,
                    skip_optimizer: bool, skip_scheduler: bool, skip_history: bool, skip_callbacks: bool,
                    skip_sampler_sde: bool, skip_ema: bool, provided: dict[str, Any], strategy: str | None = None,
                    tensors: bool = True) -> Any:

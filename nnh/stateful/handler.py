@@ -19,7 +19,7 @@ from tensordict import TensorDict
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nnh.stateful import checkpoint, loop, reporting, score_based, weights
+from nnh.stateful import checkpoint, loop, reporting, score_based, sharded_checkpoint, weights
 from nnh.stateful._logging import make_logger
 from nnh.stateful.checks import (build_optimizer_checked, check_dataset, check_device, check_flag,
                                  check_logger_level, check_loss_fn, check_module, check_scheduler_class)
@@ -330,7 +330,7 @@ class NNHandler:
         `NNHandler.load` then needs it passed in. Under torch.distributed every rank calls it
         (rank 0 writes; under FSDP `path` is a folder of shards: docs/distributed.md).
         """
-        checkpoint.save_handler(self, path)
+        (sharded_checkpoint.save_sharded if self._runtime.sharded else checkpoint.save_handler)(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None, strict_load: bool = False,
@@ -341,8 +341,9 @@ class NNHandler:
         for the keywords that supply objects recorded by name, `strict_load` and the `skip_*`
         flags. Set the data loaders again, then `train(total - handler.epoch)` continues exactly.
         Under torch.distributed every rank loads (`strategy`: the saved one by default)."""
-        return checkpoint.load_handler(cls, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history,
-                                       skip_callbacks, skip_sampler_sde, skip_ema, strategy, **provided)
+        read = sharded_checkpoint.load_sharded if os.path.isdir(path) else checkpoint.load_handler
+        return read(cls, path, device, strict_load, skip_optimizer, skip_scheduler, skip_history, skip_callbacks,
+                    skip_sampler_sde, skip_ema, strategy, **provided)
 
     @classmethod
     def initialize_from_checkpoint(cls, checkpoint_path: str | os.PathLike, model_class: type, model_type: Any = None,

@@ -27,7 +27,10 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
 
 from nnh.func.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from nnh.func.train import optimizer_state_view
+from nnh.stateful.checkpoint import build_handler, handler_checkpoint, set_handler_rng
+from nnh.stateful.provided import check_provided
 from nnh.stateful.rng import rng_state
+from nnh.stateful.weights import check_header
 
 __all__ = ["META", "save_sharded", "load_sharded", "is_sharded_checkpoint"]
 
@@ -53,8 +56,6 @@ def _tensors(handler: Any, optim: bool, ema: bool) -> dict[str, Any]:
 
 def save_sharded(handler: Any, path: str | os.PathLike) -> None:
     """Write the folder `path` (see the module docstring); every rank calls it."""
-    from nnh.stateful.checkpoint import handler_checkpoint
-
     runtime = handler.runtime
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
@@ -89,20 +90,21 @@ def _publish(meta: dict[str, Any], tmp: str, path: str) -> None:
     shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
 
 
-def load_sharded(cls: type, path: str, device: Any, flags: tuple[bool, ...], strategy: str | None,
-                 provided: dict[str, Any]) -> Any:
-    """`NNHandler.load` of a folder written by `save_sharded`, with any number of processes."""
-    from nnh.stateful.checkpoint import _build_handler, set_handler_rng
-    from nnh.stateful.weights import check_header
-
+def load_sharded(cls: type, path: str | os.PathLike, device: Any = None, strict_load: bool = False,
+                 skip_optimizer: bool = False, skip_scheduler: bool = False, skip_history: bool = False,
+                 skip_callbacks: bool = False, skip_sampler_sde: bool = False, skip_ema: bool = False,
+                 strategy: str | None = None, **provided: Any) -> Any:
+    """`NNHandler.load` of a folder written by `save_sharded`, with any number of processes;
+    the arguments are those of `nnh.stateful.checkpoint.load_handler`."""
+    path, provided = os.fspath(path), check_provided(provided)
+    flags = (strict_load, skip_optimizer, skip_scheduler, skip_history, skip_callbacks, skip_sampler_sde, skip_ema)
     if not is_sharded_checkpoint(path):
         raise CheckpointError(f"{path!r} is a directory, not a checkpoint file; pass the path of a file inside "
                               f"it (the one NNHandler.save or auto_save wrote), or a folder that NNHandler.save "
                               f"wrote under FSDP (it holds {META} and .metadata).")
     meta = read_checkpoint(os.path.join(path, META), map_location="cpu")
     check_header(meta, path)
-    skip_optimizer, skip_ema = flags[1], flags[6]
-    handler = _build_handler(cls, meta, path, device, *flags, provided, strategy, tensors=False)
+    handler = build_handler(cls, meta, path, device, *flags, provided, strategy, tensors=False)
     module, optimization = handler.module, handler.parts.optimization
     optim = optimization.optimizer is not None and not skip_optimizer
     tensors = _tensors(handler, optim=optim, ema=meta.get("sharded", {}).get("ema", False) and not skip_ema)

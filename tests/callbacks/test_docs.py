@@ -3,7 +3,6 @@
 import pathlib
 import re
 
-import pytest
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "callbacks.md"
 

@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 import nnh
 from nnh import NNHandler
 from nnh._demo import ScoreMLP
-from tests._gaussian import (SDES, euler_maruyama_moments, exact_handler, log_density,
+from tests._gaussian import (euler_maruyama_moments, exact_handler, log_density,
                              probability_flow_moments)
 
 N = 20_000
