@@ -347,5 +347,5 @@ def _nonfinite_grads(grads: list[Tensor], device: torch.device) -> Tensor:
     """float32 (1,): 1 when any of `grads` holds an inf or NaN (the scaler's kernel, scale 1)."""
     found = torch.zeros(1, dtype=torch.float32, device=device)
     if grads:
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=device))
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, dtype=torch.float32, device=device))
     return found

@@ -67,7 +67,7 @@ class EpochSums:
         if not self._pending:
             return []
         values = []
-        zero = torch.zeros((), device=self._pending[0][2].device)
+        zero = torch.zeros((), dtype=torch.float32, device=self._pending[0][2].device)
         for _, _, loss, flag, report, metrics in self._pending:
             values.append(loss.detach().float().reshape(()))
             values.append(flag.float().reshape(()) if flag is not None else zero)

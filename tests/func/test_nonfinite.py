@@ -190,3 +190,33 @@ def test_share_nonfinite_changes_nothing_for_finite_losses():
                        update=i % 2 == 1, ema_decay=0.9, skip_nonfinite=True, share_nonfinite=share)
         states.append(_snapshot(state))
     _assert_same(*states)
+
+
+@pytest.fixture
+def float64_default():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_skip_nonfinite_under_a_float64_default_dtype(float64_default, clip):
+    # The check's unit scale is float32 whatever the default dtype (the kernel refuses others).
+    m, ref = _net(), _net()
+    assert m[0].weight.dtype == torch.float64
+    opt, opt_ref = torch.optim.SGD(m.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    s = init_train_state(m, opt)
+    _, mt = train_step(s, _poisoned(4, 1), module=m, loss_fn=_loss, optimizer=opt,
+                       skip_nonfinite=True, max_grad_norm=clip)
+    assert not bool(mt["stepped"]) and int(s["step"]) == 0
+    _, mt = train_step(s, _data(4, 2), module=m, loss_fn=_loss, optimizer=opt,
+                       skip_nonfinite=True, max_grad_norm=clip)
+    assert bool(mt["stepped"])
+    loss, _ = _loss(ref, _data(4, 2))
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(ref.parameters(), clip)
+    opt_ref.step()
+    for p, q in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)

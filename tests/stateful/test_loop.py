@@ -284,3 +284,27 @@ def test_the_running_loss_is_read_on_the_host_once_per_epoch_without_a_bar(monke
     h = _handler(n=64)  # 4 training batches
     h.train(2, validate_every=0, progress_bar=False)
     assert reads == [4, 4]  # one read of four batches per epoch, none per step
+
+
+def test_a_float64_default_dtype_trains_like_a_hand_written_loop():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        h = _handler(lr=0.1)
+        torch.manual_seed(0)
+        ref = Net()
+        h.train(2, ema_decay=0.9, gradient_clipping_norm=1.0, progress_bar=False)
+        opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+        x, y = _data().tensors
+        for _ in range(2):
+            for i in range(0, 50, 16):
+                loss = nn.functional.cross_entropy(ref(x[i:i + 16]), y[i:i + 16])
+                loss.backward()
+                nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad()
+        assert h.module.l1.weight.dtype == torch.float64 and not math.isnan(h.val_losses[1])
+        for p, q in zip(h.module.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_default_dtype(before)
