@@ -210,6 +210,10 @@ def _adam(optimizer: torch.optim.Optimizer, group: dict, params: list[Tensor], s
 
     # Every parameter of a group has taken the same number of steps: one scalar serves all.
     t = steps[0]
+    if p0.dtype == torch.float64:
+        # The step count is float32; its powers there are off by ~1e-5 relative, which float64
+        # parameters would notice (torch.optim takes them in double precision).
+        t = t.double()
     if torch.compiler.is_compiling():
         # Inductor fuses these 0-d values into the per-element update loop, where pow(beta, t)
         # with a tensor exponent keeps the loop scalar (measured 2x slower than eager on CPU);
