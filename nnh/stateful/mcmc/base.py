@@ -31,6 +31,7 @@ from torch import Tensor
 from nnh.func.energy_grad import conditioned_energy_and_grad
 from nnh.func.mcmc import ChainState, StepInfo, event_sum, init_chain_state, reject_nonfinite
 from nnh.func.mcmc import _check_energy_shape  # the one wording of the (B,) energy error
+from nnh.stateful.mcmc._dtype import resolve_dtype
 from nnh.stateful.mcmc._sample_args import count as _count
 from nnh.stateful.mcmc._sample_args import event_shape as _event_shape
 from nnh.stateful.mcmc._sample_args import initial_state, merge_condition, resolve_call_form
@@ -54,8 +55,11 @@ class BaseSampler(Schedulable, Sampler):
     Args:
         model: the energy U; an `nnh.BaseModel` supplies its own (often analytic) gradient,
             anything else is differentiated with autograd.
-        dtype, device: of the chains; device None (the default, and what ``sampler.device``
-            reports until set) follows ``x``, then the model's parameters.
+        dtype, device: of the chains. dtype None (the default) is the model's, read once here:
+            ``model.dtype``, else its first floating parameter or buffer, else
+            ``torch.get_default_dtype()``; ``sampler.dtype`` reports the result. device None (the
+            default, and what ``sampler.device`` reports until set) follows ``x``, then the
+            model's parameters.
         dim: default event shape (int or tuple) when `sample` gets neither ``x`` nor ``dim``.
         n_steps: default number of steps of `sample`.
 
@@ -72,7 +76,7 @@ class BaseSampler(Schedulable, Sampler):
     def __init__(
         self,
         model: Callable[[Tensor], Tensor],
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         *,
         dim: int | tuple[int, ...] | None = None,
@@ -81,10 +85,8 @@ class BaseSampler(Schedulable, Sampler):
         owner = type(self).__name__
         if not callable(model):
             raise TypeError(f"{owner}: model must be an nn.Module or callable returning (B,) energies, got {model!r}.")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"{owner}: dtype must be a floating torch.dtype, got {dtype!r}.")
         self.model = model
-        self.dtype = dtype
+        self.dtype = resolve_dtype(owner, dtype, model)
         self.device = torch.device(device) if device is not None else None
         self.dim = _event_shape(owner, dim)
         self.n_steps = _count(owner, "n_steps", n_steps)

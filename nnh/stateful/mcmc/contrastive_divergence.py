@@ -65,7 +65,7 @@ class ContrastiveDivergence(BaseContrastiveDivergence):
         energy_reg_weight: float = 0.001,
         add_noise_to_real: bool = False,
         noise_scale: float = 1e-4,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         *,
         init_dist: Any = None,

@@ -5,9 +5,11 @@ uses autograd; the analytic energies below override it with closed forms, which 
 sampling them cheap. Any ``nn.Module`` returning (B,) energies works with the samplers too.
 For compatibility a 1-D input (D,) is read as one point, (1, D).
 
-Every model takes ``dtype`` and ``device`` after its own parameters (``BaseModel(dtype=torch.float32,
-device=None)``) and reports them as ``model.dtype`` / ``model.device``: those of its first
-parameter or buffer, else the ones given. The analytic energies compute in the dtype of ``x``.
+Every model takes ``dtype`` and ``device`` after its own parameters (``BaseModel(dtype=None,
+device=None)``; dtype None is ``torch.get_default_dtype()`` at construction, as for the
+parameters of an ``nn.Module``) and reports them as ``model.dtype`` / ``model.device``: those of
+its first parameter or buffer, else the ones given. The analytic energies compute in the dtype
+of ``x``.
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ class BaseModel(nn.Module, abc.ABC):
 
     Args:
         dtype, device: reported by ``model.dtype`` and ``model.device`` while the model has no
-            parameter or buffer to report (a subclass may create its buffers with them).
+            parameter or buffer to report (a subclass may create its buffers with them). dtype
+            None (the default) is ``torch.get_default_dtype()`` when the model is built.
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
+        if dtype is None:
+            dtype = torch.get_default_dtype()  # read now, as nn.Linear reads it for its weights
         if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"{type(self).__name__}: dtype must be a torch.dtype, got {dtype!r}.")
+            raise ValueError(f"{type(self).__name__}: dtype must be a torch.dtype (or None), got {dtype!r}.")
         self._default_dtype = dtype
         self._default_device = torch.device(device) if device is not None else torch.device("cpu")
 
@@ -66,7 +71,8 @@ class BaseModel(nn.Module, abc.ABC):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the first parameter or buffer, else the constructor's (float32 by default)."""
+        """The dtype of the first parameter or buffer, else the constructor's (by default the
+        default dtype when the model was built)."""
         first = self._first_tensor()
         return first.dtype if first is not None else self._default_dtype
 
@@ -92,7 +98,7 @@ class DoubleWellModel(BaseModel):
     r"""U(x) = h sum_i (x_i^2 - b^2)^2, gradient 4 h x_i (x_i^2 - b^2): wells at x_i = +-b,
     barrier height h b^4 per coordinate. h = ``barrier_height``."""
 
-    def __init__(self, barrier_height: float = 2.0, b: float = 1.0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, barrier_height: float = 2.0, b: float = 1.0, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(dtype, device)
         self.barrier_height = float(barrier_height)
         self.b = float(b)
@@ -125,7 +131,7 @@ class GaussianModel(BaseModel):
 
     def __init__(self, mean: Tensor, cov: Tensor, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        super().__init__(dtype or torch.float32, device)
+        super().__init__(dtype, device)
         mean, cov = torch.as_tensor(mean), torch.as_tensor(cov)
         if mean.ndim != 1:
             raise ValueError(f"GaussianModel: mean must be 1-D (D,), got shape {tuple(mean.shape)}.")
@@ -164,7 +170,7 @@ class GaussianModel(BaseModel):
 class HarmonicModel(BaseModel):
     r"""U(x) = k sum_i x_i^2 / 2, gradient k x."""
 
-    def __init__(self, k: float = 1.0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, k: float = 1.0, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(dtype, device)
         self.k = float(k)
 
@@ -180,7 +186,7 @@ class HarmonicModel(BaseModel):
 class RosenbrockModel(BaseModel):
     r"""U(x) = sum_{i<D} [(a - x_i)^2 + b (x_{i+1} - x_i^2)^2] on event shape (D,), D >= 2."""
 
-    def __init__(self, a: float = 1.0, b: float = 100.0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, a: float = 1.0, b: float = 100.0, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(dtype, device)
         self.a = float(a)
         self.b = float(b)
@@ -209,7 +215,7 @@ class AckleyModel(BaseModel):
     computed from a floor of the smallest normal number so autograd agrees.
     """
 
-    def __init__(self, a: float = 20.0, b: float = 0.2, c: float = 2 * math.pi, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, a: float = 20.0, b: float = 0.2, c: float = 2 * math.pi, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(dtype, device)
         self.a = float(a)
         self.b = float(b)
@@ -240,7 +246,7 @@ class AckleyModel(BaseModel):
 class RastriginModel(BaseModel):
     r"""U(x) = a n + sum_i [x_i^2 - a cos(2 pi x_i)], gradient 2 x_i + 2 pi a sin(2 pi x_i)."""
 
-    def __init__(self, a: float = 10.0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, a: float = 10.0, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__(dtype, device)
         self.a = float(a)
 

@@ -84,7 +84,7 @@ class FlowSampler(BaseSampler):
         diffusion_norm: float | None = None,
         last_step: Any = _UNSET,
         last_step_size: float | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         integrator: str | BaseRungeKuttaIntegrator | None = None,
         *,

@@ -44,7 +44,7 @@ class HamiltonianMonteCarlo(BaseSampler):
         step_size: ScheduledValue = 1e-3,
         n_leapfrog_steps: int = 10,
         mass: float | int | Tensor | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         integrator: str | BaseSymplecticIntegrator | None = None,
         *,

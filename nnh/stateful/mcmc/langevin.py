@@ -50,7 +50,7 @@ class LangevinDynamics(BaseSampler):
         noise_scale: ScheduledValue = 1.0,
         decay: float = 0.0,
         clamp: tuple[float, float] | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         integrator: str | BaseSDERungeKuttaIntegrator | None = None,
         *,

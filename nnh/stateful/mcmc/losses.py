@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from nnh.stateful.mcmc._dtype import resolve_dtype
 from nnh.stateful.mcmc.schedulable import Schedulable
 
 __all__ = ["BaseContrastiveDivergence", "BaseLoss"]
@@ -28,17 +29,17 @@ __all__ = ["BaseContrastiveDivergence", "BaseLoss"]
 
 class BaseLoss(Schedulable, nn.Module, abc.ABC):
     """Base of nnh's losses: an ``nn.Module`` whose ``forward`` returns the loss, with a scheduler
-    registry. ``dtype`` is the computation dtype (inputs are cast to it); ``device`` None follows
-    the inputs."""
+    registry. ``dtype`` is the computation dtype (inputs are cast to it); None (the default) is
+    the dtype of ``model`` (keyword-only, the loss's energy model; see `BaseSampler`), else
+    ``torch.get_default_dtype()``. ``device`` None follows the inputs."""
 
     default_bound = None  # loss weights may be 0 or negative; samplers bound their step sizes
 
-    def __init__(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None, *,
+                 model: Any = None) -> None:
         nn.Module.__init__(self)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"{type(self).__name__}: dtype must be a floating torch.dtype, got {dtype!r}.")
         self._init_schedulers()
-        self.dtype = dtype
+        self.dtype = resolve_dtype(type(self).__name__, dtype, model)
         self.device = torch.device(device) if device is not None else None
 
     def _scheduled_children(self) -> Iterable[Any]:
@@ -80,12 +81,12 @@ class BaseContrastiveDivergence(BaseLoss):
         buffer_size: int = 100,
         new_sample_ratio: float = 0.0,
         init_steps: int = 0,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         *,
         init_dist: Any = None,
     ) -> None:
-        super().__init__(dtype, device)
+        super().__init__(dtype, device, model=model)
         owner = type(self).__name__
         if not callable(model):
             raise TypeError(f"{owner}: model must be an energy nn.Module or callable, got {model!r}.")

@@ -34,7 +34,7 @@ class MALA(BaseSampler):
         model: Callable[[Tensor], Tensor],
         step_size: ScheduledValue = 1e-3,
         noise_scale: ScheduledValue = 1.0,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         *,
         dim: int | tuple[int, ...] | None = None,

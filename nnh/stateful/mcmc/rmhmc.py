@@ -51,7 +51,7 @@ class RiemannianManifoldHMC(BaseSampler):
         solver_max_iter: int | None = None,
         solver_tol: float | None = None,
         solver_check_every: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         integrator: str | BaseSymplecticIntegrator | None = None,
         *,

@@ -46,10 +46,10 @@ class BaseScoreMatching(BaseLoss):
         hutchinson_samples: int = 1,
         custom_regularization: Callable[[Tensor, Any], Tensor] | None = None,
         functional_model: nn.Module | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__(dtype, device)
+        super().__init__(dtype, device, model=model)
         owner = type(self).__name__
         if not callable(model):
             raise TypeError(f"{owner}: model must be an energy nn.Module or callable, got {model!r}.")
@@ -129,7 +129,7 @@ class DenoisingScoreMatching(BaseScoreMatching):
     (`nnh.func.dsm_loss`, docs/score_based.md; docs/samplers.md compares the two).
     Same arguments as `BaseScoreMatching`, in TorchEBM's order: ``(model, noise_scale=0.01,
     regularization_strength=0.0, custom_regularization=None, use_autograd=True,
-    functional_model=None, dtype=torch.float32, device=None)``.
+    functional_model=None, dtype=None, device=None)``.
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class DenoisingScoreMatching(BaseScoreMatching):
         custom_regularization: Callable[[Tensor, Any], Tensor] | None = None,
         use_autograd: bool = True,
         functional_model: nn.Module | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(model, noise_scale, regularization_strength, use_autograd, 1, custom_regularization,
@@ -162,7 +162,7 @@ class SlicedScoreMatching(BaseScoreMatching):
 
     Args, in TorchEBM's order: ``(model, n_projections=5, projection_type="rademacher",
     regularization_strength=0.0, custom_regularization=None, use_autograd=True,
-    functional_model=None, dtype=torch.float32, device=None)``; see `BaseScoreMatching`.
+    functional_model=None, dtype=None, device=None)``; see `BaseScoreMatching`.
     """
 
     def __init__(
@@ -174,7 +174,7 @@ class SlicedScoreMatching(BaseScoreMatching):
         custom_regularization: Callable[[Tensor, Any], Tensor] | None = None,
         use_autograd: bool = True,
         functional_model: nn.Module | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         owner = type(self).__name__

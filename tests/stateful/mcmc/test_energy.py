@@ -119,7 +119,8 @@ def test_two_dimensional_models_refuse_other_widths():
 
 
 def test_dtype_and_device_of_models():
-    assert BaseModel.__init__.__defaults__ == (torch.float32, None)  # BaseModel(dtype=torch.float32, device=None)
+    # BaseModel(dtype=None, device=None): None is the default dtype (float32 here) at construction.
+    assert BaseModel.__init__.__defaults__ == (None, None)
     assert DoubleWellModel(2.0, 1.0, torch.float64).dtype == torch.float64  # TorchEBM's positional order
     assert HarmonicModel().dtype == torch.float32 and HarmonicModel().device == torch.device("cpu")
     gaussian = GaussianModel(torch.zeros(2), torch.eye(2), dtype=torch.float64)
