@@ -129,8 +129,10 @@ def select_chains(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def _finite_chains(state: ChainState, check_energy: bool = True) -> Tensor:
     """(B,) bool: position and gradient (and energy, if ``check_energy``) of each chain finite."""
-    # One add and one event sum instead of three isfinite calls: inf - inf and nan propagate.
-    total = event_sum(state.x + state.grad)
+    # One event sum instead of three isfinite calls: x - x + g - g is 0 where x and g are finite
+    # and NaN where either is not. Summing x + g itself would overflow for finite values (a
+    # float16 state of 4096 coordinates at 10) and reject a finite chain.
+    total = event_sum(state.x.sub(state.x).add_(state.grad).sub_(state.grad))
     return torch.isfinite(state.energy + total if check_energy else total)
 
 

@@ -67,7 +67,12 @@ class _Geometry:
         with torch.enable_grad():
             self.leaf = y.detach().requires_grad_(with_force)
             self.metric = metric_fn(self.leaf)
-        self.chol, self.ok = metric_cholesky(lambda _: self.metric.detach(), y)
+        chol, self.ok = metric_cholesky(lambda _: self.metric.detach(), y)
+        # Where G is not positive definite, the factor of I: such chains are rejected through
+        # `ok`, and the leftover of the factorisation can have a zero pivot (G singular, as
+        # diag(y^2) at y = 0), on which cholesky_inverse raises.
+        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device)
+        self.chol = torch.where(self.ok[:, None, None], chol, eye)
         if with_force:
             self.inverse = torch.cholesky_inverse(self.chol)
             self.energy, self.grad = known if known is not None else energy_and_grad(y)
@@ -124,7 +129,7 @@ def rmhmc_step(
         n_iter, tol, check_every: the fixed-point solver of `generalised_leapfrog`.
     Cost per transition: L evaluations of ``energy_and_grad`` (like HMC), L + 1 evaluations of
     the metric with its graph and L (n_iter + 1) vector-Jacobian products through it, and
-    L n_iter + 2 more metric evaluations and Cholesky factorisations for the implicit position
+    L (n_iter - 1) more metric evaluations and Cholesky factorisations for the implicit position
     update.
     Returns:
         ``(new_state, StepInfo)``; a proposal with a non-finite position, energy or Hamiltonian

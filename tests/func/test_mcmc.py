@@ -91,6 +91,42 @@ def test_heun_langevin_step_formula():
     assert model.calls == 1 + 2 and info.accepted.all()  # two gradients per step
 
 
+def test_heun_langevin_step_defaults_unit_noise_scale_no_decay_and_noise_from_the_generator():
+    # U = |x|^2/2, f(x) = -x: x' = x (1 - h + h^2 / 2) + sqrt(2h) xi with xi the generator's draw.
+    x = torch.tensor([[1.0, -2.0], [0.5, 0.0]], dtype=torch.float64)
+    h = 0.2
+    new, info = heun_langevin_step(init_chain_state(x, quadratic_eg), quadratic_eg, h,
+                                   generator=torch.Generator().manual_seed(7))
+    xi = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    expected = x * (1 - h + h * h / 2) + math.sqrt(2 * h) * xi
+    torch.testing.assert_close(new.x, expected)
+    torch.testing.assert_close(new.grad, expected)
+    assert info.accepted.all()
+
+
+@pytest.mark.parametrize("step", ["langevin", "heun_langevin"])
+def test_clamp_holds_the_state_at_both_bounds(step):
+    # Noise of +-3 pushes chain 0 past both bounds; chain 1 stays inside.
+    x = torch.tensor([[1.0, -2.0], [0.5, 0.0]], dtype=torch.float64)
+    noise = torch.tensor([[3.0, -3.0], [0.1, -0.2]], dtype=torch.float64)
+    h = 0.1
+    drift = 1 - h if step == "langevin" else 1 - h + h * h / 2
+    unclamped = x * drift + math.sqrt(2 * h) * noise
+    assert unclamped[0, 0] > 0.9 and unclamped[0, 1] < -1.5
+    new, _ = _step(step, init_chain_state(x, quadratic_eg), quadratic_eg, h, noise=noise, clamp=(-1.5, 0.9))
+    torch.testing.assert_close(new.x, unclamped.clamp(-1.5, 0.9))
+    assert new.x[0].tolist() == [0.9, -1.5]
+    torch.testing.assert_close(new.grad, new.x)  # the gradient is taken at the clamped state
+
+
+@pytest.mark.parametrize("step", ["langevin", "heun_langevin"])
+def test_an_empty_clamp_box_is_refused(step):
+    state = init_chain_state(torch.zeros(2, 2), quadratic_eg)
+    with pytest.raises(ValueError, match=rf"^{step}_step: clamp must be a \(min, max\) pair with min < max, "
+                                         r"got \(0\.5, 0\.5\)"):
+        _step(step, state, quadratic_eg, noise=torch.zeros(2, 2), clamp=(0.5, 0.5))
+
+
 def test_generator_gives_reproducible_draws_and_randomness_is_required():
     state = init_chain_state(torch.zeros(4, 3), quadratic_eg)
     a, _ = mala_step(state, quadratic_eg, 0.1, generator=torch.Generator().manual_seed(3))
@@ -265,12 +301,14 @@ def _run(step, state, eg, value=0.1, **scales):
     gen = torch.Generator().manual_seed(0)
     if step == "langevin":
         return langevin_step(state, eg, value, generator=gen, **scales)
+    if step == "heun_langevin":
+        return heun_langevin_step(state, eg, value, generator=gen, **scales)
     if step == "mala":
         return mala_step(state, eg, value, generator=gen, **scales)
     return hmc_step(state, eg, value, 2, generator=gen)
 
 
-@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+@pytest.mark.parametrize("step", ["langevin", "heun_langevin", "mala", "hmc"])
 def test_steps_refuse_a_b1_energy_with_the_sampler_message(step):
     eg = autograd_energy_and_grad(lambda x: 0.5 * x * x)  # (B, 1) energies on (B, 1) states
     state = init_chain_state(torch.randn(4, 1), eg)
@@ -279,7 +317,7 @@ def test_steps_refuse_a_b1_energy_with_the_sampler_message(step):
         _run(step, state, eg)
 
 
-@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+@pytest.mark.parametrize("step", ["langevin", "heun_langevin", "mala", "hmc"])
 @pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf")])
 def test_steps_refuse_a_step_size_outside_its_bound(step, value):
     state = init_chain_state(torch.zeros(3, 2), quadratic_eg)
@@ -293,6 +331,8 @@ def test_noise_scale_bounds_of_the_pure_steps():
         _run("mala", state, quadratic_eg, noise_scale=0.0)
     with pytest.raises(ValueError, match=r"^langevin_step: noise_scale must be finite and >= 0, got -1\.0\.$"):
         _run("langevin", state, quadratic_eg, noise_scale=-1.0)
+    with pytest.raises(ValueError, match=r"^heun_langevin_step: noise_scale must be finite and >= 0, got -1\.0\.$"):
+        _run("heun_langevin", state, quadratic_eg, noise_scale=-1.0)
     new, _ = _run("langevin", state, quadratic_eg, noise_scale=0.0)  # s = 0: gradient descent, allowed
     torch.testing.assert_close(new.x, state.x)  # the gradient at 0 is 0
 
@@ -305,18 +345,18 @@ def test_infinite_noise_scale_is_refused_by_langevin_too():
 
 def _step(step, state, eg, h=0.1, **kwargs):
     """One step with exactly the draws given (`_run` draws them from a generator)."""
-    if step == "langevin":
+    if step in ("langevin", "heun_langevin"):
         kwargs.pop("uniform", None)
-        return langevin_step(state, eg, h, **kwargs)
+        return (langevin_step if step == "langevin" else heun_langevin_step)(state, eg, h, **kwargs)
     return (mala_step if step == "mala" else hmc_step)(state, eg, h, **kwargs)
 
 
-@pytest.mark.parametrize("step", ["langevin", "mala", "hmc"])
+@pytest.mark.parametrize("step", ["langevin", "heun_langevin", "mala", "hmc"])
 def test_misshapen_draws_are_refused_naming_the_step(step):
     state = init_chain_state(torch.zeros(4, 3), quadratic_eg)
     with pytest.raises(ValueError, match=rf"^{step}_step: noise has shape \(4, 2\)"):
         _step(step, state, quadratic_eg, noise=torch.zeros(4, 2), uniform=torch.rand(4))
-    if step != "langevin":
+    if step not in ("langevin", "heun_langevin"):
         with pytest.raises(ValueError, match=rf"^{step}_step: uniform has shape \(3,\)"):
             _step(step, state, quadratic_eg, noise=torch.zeros(4, 3), uniform=torch.rand(3))
         with pytest.raises(ValueError, match=rf"^{step}_step: pass uniform="):
@@ -406,3 +446,33 @@ def test_reject_nonfinite_checks_the_energy_unless_told_not_to():
     assert info.finite.tolist() == [True, False] and state.x[1].tolist() == [0.0, 0.0]
     _, info = reject_nonfinite(old, new, check_energy=False)
     assert info.finite.tolist() == [True, True]
+
+
+def test_finite_states_whose_sums_overflow_are_not_taken_for_divergent():
+    # Every value below is finite: a float16 state of 4096 coordinates at 10 (with its gradient,
+    # the coordinates sum past float16's maximum, 65504), and float32 values near 3e38 whose
+    # sums with the gradient overflow float32. Only the non-finite chains are rejected.
+    old16 = init_chain_state(torch.zeros(3, 4096, dtype=torch.float16), quadratic_eg)
+    x16 = torch.full((3, 4096), 10.0, dtype=torch.float16)
+    grad16 = x16.clone()
+    grad16[1, 7] = math.inf
+    x16[2, 0] = math.nan
+    _, info = reject_nonfinite(old16, ChainState(x16, torch.full((3,), 6e4, dtype=torch.float16), grad16))
+    assert info.finite.tolist() == [True, False, False]
+
+    old = init_chain_state(torch.zeros(4, 2), quadratic_eg)
+    x = torch.tensor([[3e38, 3e38], [3e38, -3e38], [3e38, 0.0], [1.0, 1.0]])
+    grad = torch.tensor([[3e38, 3e38], [-3e38, 3e38], [math.inf, 0.0], [1.0, 1.0]])
+    energy = torch.tensor([3e38, 3e38, 1.0, math.inf])
+    _, info = reject_nonfinite(old, ChainState(x, energy, grad))
+    assert info.finite.tolist() == [True, True, False, False]
+    _, info = reject_nonfinite(old, ChainState(x, energy, grad), check_energy=False)
+    assert info.finite.tolist() == [True, True, False, True]
+
+
+def test_a_float16_langevin_chain_of_many_coordinates_moves():
+    x = torch.full((2, 4096), 10.0, dtype=torch.float16)
+    eg = lambda y: (torch.zeros(2, dtype=torch.float16), y.clone())  # noqa: E731  (U = |y|^2/2 up to a constant)
+    new, info = langevin_step(init_chain_state(x, eg), eg, 0.125, noise=torch.zeros_like(x))
+    assert info.accepted.all()
+    assert torch.equal(new.x, torch.full_like(x, 10.0 - 0.125 * 10.0))
