@@ -107,3 +107,37 @@ def test_hutchinson_divergence_compiles_fullgraph():
     with torch.no_grad():
         for a, b in zip(compiled(x, noise), hutchinson_divergence(fn, x, noise)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_noise_of_the_wrong_event_shape_or_no_probes_is_refused():
+    x = torch.randn(2, 3, 4)
+    for shape in ((5, 2, 3, 5), (5, 2, 4, 3), (5, 1, 3, 4), (0, 2, 3, 4)):
+        with pytest.raises(ValueError, match=rf"noise of shape \({', '.join(map(str, shape))}\) does not fit"):
+            hutchinson_divergence(lambda y: y, x, torch.zeros(shape))
+
+
+@pytest.mark.parametrize("noise_type", ["rademacher", "gaussian"])
+def test_probes_come_from_the_generator_alone(noise_type):
+    # The same seed gives the same probes, and the global RNG is neither read nor advanced.
+    x = torch.zeros(3, 4, dtype=torch.float64)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = hutchinson_probes(x, 8, noise_type, torch.Generator().manual_seed(1))
+    torch.manual_seed(123)  # a different global state must not change the draw
+    b = hutchinson_probes(x, 8, noise_type, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(0)
+    hutchinson_probes(x, 8, noise_type, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.dtype == torch.float64 and a.shape == (8, 3, 4)
+
+
+@pytest.mark.parametrize("n", [True, 2.0])
+def test_the_number_of_probes_must_be_an_int(n):
+    with pytest.raises(ValueError, match=rf"n={n!r} must be an int >= 1"):
+        hutchinson_probes(torch.zeros(2, 3), n)
+
+
+def test_a_noise_type_that_is_not_a_string_is_refused():
+    with pytest.raises(ValueError, match="noise_type=None must be 'rademacher' or 'gaussian'"):
+        hutchinson_probes(torch.zeros(2, 3), 1, None)

@@ -76,3 +76,14 @@ def test_the_samplers_spellings_are_the_same_steps():
     assert torch.equal(heun_update(x, drift, 0.05, t, drift_x=drift(x, t)), heun_step(fn, t, x, 0.05))
     assert torch.equal(rk4_update(x, drift, 0.05, t), rk4_step(fn, t, x, 0.05))
     assert torch.equal(euler_maruyama_update(x, drift(x, t), 0.05), euler_step(fn, t, x, 0.05))
+
+
+def test_a_tensor_step_size_may_be_per_sample_and_carries_gradients():
+    # Euler on dy/dt = -y^2: y' = y - h y^2, so dy'/dh = -y^2 (a step size learnt or differentiated).
+    x = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]], dtype=torch.float64)
+    fn = lambda s, y: -y * y  # noqa: E731
+    h = torch.tensor([[0.1], [0.2], [0.3]], dtype=torch.float64)  # one step size per sample
+    torch.testing.assert_close(euler_step(fn, None, x, h), x - h * x * x, rtol=1e-15, atol=0)
+    dt = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(euler_step(fn, None, x, dt).sum(), dt)
+    torch.testing.assert_close(grad, -(x * x).sum(), rtol=1e-15, atol=0)

@@ -70,3 +70,17 @@ def test_euler_maruyama_step_compiles_fullgraph():
     with torch.no_grad():
         for a, b in zip(compiled(t, x, noise), step(t, x, noise)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_langevin_corrector_step_by_hand_with_default_alpha_and_a_time_dependent_score():
+    # B = 3 samples of D = 2 (B != D, so per-sample norms differ from per-dimension ones); the score
+    # -2x + t depends on t; alpha defaults to 1.
+    t = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    x = torch.tensor([[1.0, 2.0], [0.0, -1.0], [3.0, 0.5]], dtype=torch.float64)
+    noise = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)  # norms 5, 1, 1: mean 7/3
+    score = -2.0 * x + t[:, None]
+    grad_norm = sum(math.hypot(*row) for row in score.tolist()) / 3
+    eps = 2 * (0.16 * (7 / 3) / grad_norm) ** 2
+    x_next, x_mean = langevin_corrector_step(linear_score, t, x, snr=0.16, noise=noise)
+    torch.testing.assert_close(x_mean, x + eps * score, rtol=1e-12, atol=0)
+    torch.testing.assert_close(x_next, x + eps * score + math.sqrt(2 * eps) * noise, rtol=1e-12, atol=0)

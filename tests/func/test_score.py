@@ -61,3 +61,41 @@ def test_denoising_score_matching_draws_t_in_the_interval_and_z_standard_normal(
     z = torch.randn(5, 2, generator=g)
     torch.testing.assert_close(seen[0], t)
     assert loss.item() == pytest.approx((z ** 2).sum().item() / 5, rel=1e-6)
+
+
+def test_batch_time_of_a_float_takes_the_dtype_of_x():
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    t = batch_time(0.1, x)
+    assert t.dtype == torch.float64 and t.shape == (3,)
+    assert t.tolist() == [0.1] * 3  # 0.1 as a double, not a float32 rounding of it
+
+
+def test_dsm_loss_passes_the_conditioning_to_the_network():
+    # net(t, x, c) = -(1 + c) sigma(t) x: the residual at x_t = m x0 + sigma z is -(1 + c) sigma x_t + z.
+    sde = VPSDE()
+    x0, z = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)
+    m, sigma = sde.mean_coeff(t)[:, None], sde.sigma(t)[:, None]
+    xt = m * x0 + sigma * z
+    by_hand = ((-3.0 * sigma * xt + z) ** 2).sum() / 4
+    torch.testing.assert_close(dsm_loss(Recorder(sde), sde, x0, t, z, 2.0), by_hand, rtol=1e-12, atol=0)
+
+
+def test_denoising_score_matching_draws_in_the_dtype_of_the_data():
+    # float64 data: t and z are float64 draws (torch.rand / torch.randn in float64 from the same seed).
+    sde = VPSDE(epsilon=0.2, T=2.0)
+    x0 = torch.randn(5, 2, dtype=torch.float64)
+    seen = []
+
+    def net(t, x):
+        seen.append((t, x))
+        return torch.zeros_like(x)
+
+    loss = denoising_score_matching(x0, sde, net, "cpu", generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = 0.2 + 1.8 * torch.rand(5, generator=g, dtype=torch.float64)
+    z = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    assert seen[0][0].dtype == torch.float64 and seen[0][1].dtype == torch.float64
+    torch.testing.assert_close(seen[0][0], t, rtol=0, atol=0)
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx((z ** 2).sum().item() / 5, rel=1e-12)

@@ -116,3 +116,18 @@ def test_errors():
         denoising_score_matching_loss(lambda y: y, x, x, 0.1)
     with pytest.raises(ValueError, match="noise_scale must be > 0"):
         denoising_score_matching_loss(lambda y: y.sum(1), x, x, 0.0)
+
+
+def test_projection_probes_are_rademacher_by_default():
+    x = torch.randn(5, 3)
+    gaussian = hutchinson_probes(x, 4, "gaussian", torch.Generator().manual_seed(7))
+    torch.testing.assert_close(projection_probes(4, x, generator=torch.Generator().manual_seed(7)), gaussian.sign())
+
+
+def test_sphere_probes_of_a_multi_dimensional_event_are_normalised_over_the_last_dimension():
+    # x (B, 2, 3): each row of 3 lies on the sphere of radius sqrt(3), the draw's direction kept.
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    gaussian = hutchinson_probes(x, 4, "gaussian", torch.Generator().manual_seed(7))
+    probes = projection_probes(4, x, "sphere", torch.Generator().manual_seed(7))
+    torch.testing.assert_close((probes * probes).sum(-1), torch.full((4, 5, 2), 3.0, dtype=torch.float64))
+    torch.testing.assert_close(probes, gaussian / gaussian.norm(dim=-1, keepdim=True) * math.sqrt(3))
