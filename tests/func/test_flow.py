@@ -79,3 +79,60 @@ def test_diffusion_forms_and_errors():
         get_interpolant("spline")
     with pytest.raises(ValueError, match="prediction must be 'velocity', 'score' or 'noise'"):
         score_from_prediction("x0", x, x, t, linear)
+
+
+def test_the_default_vp_interpolant_has_beta_from_0_1_to_20():
+    # log alpha = -(1-t)^2 (beta_1 - beta_0) / 4 - (1-t) beta_0 / 2 with beta_0 = 0.1, beta_1 = 20.
+    t = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)
+    s = 1 - t
+    torch.testing.assert_close(VariancePreservingInterpolant().compute_alpha_t(t)[0], torch.exp(-0.25 * s * s * 19.9 - 0.05 * s))
+
+
+def test_the_vp_interpolant_takes_beta_0_equal_to_0_and_needs_beta_0_below_beta_1():
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    s = 1 - t
+    torch.testing.assert_close(VariancePreservingInterpolant(0.0, 8.0).compute_alpha_t(t)[0], torch.exp(-2.0 * s * s))
+    for bad in [(5.0, 5.0), (6.0, 5.0), (-0.1, 5.0)]:
+        with pytest.raises(ValueError, match="VariancePreservingInterpolant: need 0 <= sigma_min < sigma_max"):
+            VariancePreservingInterpolant(*bad)
+
+
+def test_get_interpolant_rejects_a_non_name_with_a_value_error():
+    with pytest.raises(ValueError, match="unknown interpolant"):
+        get_interpolant(["linear"])
+
+
+def test_a_velocity_prediction_is_the_velocity_even_where_eta_vanishes():
+    # At t = 1 the linear interpolant has eta = 0, so the score form kappa x + eta s cannot
+    # recover v: the velocity prediction is returned as it is.
+    x, out = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    for interp in INTERPOLANTS:
+        assert torch.equal(velocity_from_prediction("velocity", out, x, t, interp), out)
+
+
+def test_at_t_1_the_score_of_a_noise_prediction_points_against_the_noise_and_sbdm_is_non_negative():
+    # sigma(1) = 0 (linear) or ~6e-17 (cosine): the floored denominator keeps s = -eps / sigma
+    # finite with the sign of -eps, and w = eta / sigma finite and >= 0 (sqrt(2w) is the noise).
+    x, eps = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([[1.0, -2.0, 0.5], [-1.0, 3.0, -0.25]], dtype=torch.float64)
+    t = torch.ones(2, dtype=torch.float64)
+    for interp in (LinearInterpolant(), CosineInterpolant()):
+        score = score_from_prediction("noise", eps, x, t, interp)
+        assert torch.isfinite(score).all() and torch.equal(torch.sign(score), -torch.sign(eps))
+        w = diffusion_coefficient("SBDM", x, t, interp)
+        assert torch.isfinite(w).all() and (w >= 0).all()
+
+
+def test_linear_and_decreasing_diffusions():
+    x, t = torch.zeros(4, 2, dtype=torch.float64), torch.tensor([0.0, 0.2, 0.5, 0.9], dtype=torch.float64)
+    linear = LinearInterpolant()
+    torch.testing.assert_close(diffusion_coefficient("linear", x, t, linear)[:, 0], 1 - t)
+    torch.testing.assert_close(diffusion_coefficient("linear", x, t, linear, 3.0)[:, 0], 3 * (1 - t))
+    torch.testing.assert_close(diffusion_coefficient("decreasing", x, t, linear)[:, 0], (1 - t) ** 2)
+    torch.testing.assert_close(diffusion_coefficient("decreasing", x, t, linear, 0.5)[:, 0], 0.5 * (1 - t) ** 2)
+    torch.testing.assert_close(diffusion_coefficient("constant", x, t, linear, 2.5), torch.full((4, 1), 2.5, dtype=torch.float64))
+
+
+def test_interpolants_repr_their_class_and_numbers():
+    assert repr(CosineInterpolant()) == "CosineInterpolant()"
+    assert repr(VariancePreservingInterpolant(0.2, 15)) == "VariancePreservingInterpolant(sigma_min=0.2, sigma_max=15.0)"

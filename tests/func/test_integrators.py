@@ -110,3 +110,86 @@ def test_generalised_leapfrog_is_reversible_and_nearly_conserves_a_nonseparable_
     # Early stopping by tolerance gives the converged result.
     x2, p2 = generalised_leapfrog(x, p, force, velocity, 0.05, 40, n_iter=30, tol=1e-13, check_every=1)
     torch.testing.assert_close(x2, x1, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("h, s", [(0.125, 0.3), (0.02, 1.0), (0.5, 2.0)])
+def test_euler_maruyama_noise_is_scaled_by_s_sqrt_2h(h, s):
+    gen = torch.Generator().manual_seed(2)
+    x, f, xi = (torch.randn(4, 2, generator=gen, dtype=torch.float64) for _ in range(3))
+    want = x + h * f + s * math.sqrt(2 * h) * xi
+    torch.testing.assert_close(euler_maruyama_update(x, f, h, s, xi), want)
+    torch.testing.assert_close(euler_maruyama_update(x, f, torch.tensor(h, dtype=torch.float64), torch.tensor(s, dtype=torch.float64), xi), want)
+
+
+def test_euler_maruyama_without_a_noise_scale_or_noise_is_euler():
+    x, f, xi = torch.ones(3, 2), torch.full((3, 2), 2.0), torch.randn(3, 2)
+    torch.testing.assert_close(euler_maruyama_update(x, f, 0.25, noise=xi), x + 0.25 * f)  # s defaults to 0
+    torch.testing.assert_close(euler_maruyama_update(x, f, 0.25, 0.7), x + 0.25 * f)  # no noise given
+
+
+class CountedFields:
+    """force and velocity of a Hamiltonian that count their evaluations."""
+
+    def __init__(self, force, velocity):
+        self.n_force = self.n_velocity = 0
+        self._force, self._velocity = force, velocity
+
+    def force(self, x, p):
+        self.n_force += 1
+        return self._force(x, p)
+
+    def velocity(self, x, p):
+        self.n_velocity += 1
+        return self._velocity(x, p)
+
+
+@pytest.mark.parametrize("n_iter, options", [
+    (None, {}),  # the default n_iter is 8
+    (3, {}),
+    (3, {"tol": 1e9}),  # a tolerance without check_every > 0 is never checked
+    (3, {"check_every": 1}),  # check_every without a tolerance checks nothing
+])
+def test_generalised_leapfrog_costs_n_iter_plus_one_evaluations_of_each_field_per_step(n_iter, options):
+    force, velocity, _ = metric_fields()
+    fields = CountedFields(force, velocity)
+    x, p = torch.full((2, 1), 0.5, dtype=torch.float64), torch.full((2, 1), 0.3, dtype=torch.float64)
+    args = () if n_iter is None else (n_iter,)
+    generalised_leapfrog(x, p, fields.force, fields.velocity, 0.1, 2, *args, **options)
+    per_step = (8 if n_iter is None else n_iter) + 1
+    assert (fields.n_force, fields.n_velocity) == (2 * per_step, 2 * per_step)
+
+
+def test_generalised_leapfrog_one_iteration_is_one_picard_step_of_each_implicit_equation():
+    # n_iter = 1 on a non-separable H, written out by hand:
+    # p_half = p + h/2 F(x, p); x' = x + h/2 [V(x, p_half) + V(x + h/2 V(x, p_half), p_half)]; p' = p_half + h/2 F(x', p_half)
+    force, velocity, _ = metric_fields()
+    x, p, h = torch.tensor([[0.7]], dtype=torch.float64), torch.tensor([[-1.2]], dtype=torch.float64), 0.3
+    p_half = p + h / 2 * force(x, p)
+    base = x + h / 2 * velocity(x, p_half)
+    x1 = base + h / 2 * velocity(x, p_half)
+    p1 = p_half + h / 2 * force(x1, p_half)
+    out_x, out_p = generalised_leapfrog(x, p, force, velocity, h, 1, n_iter=1)
+    torch.testing.assert_close(out_x, x1, rtol=0, atol=1e-15)
+    torch.testing.assert_close(out_p, p1, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("check_every, per_step", [(1, 3), (2, 3), (3, 4)])
+def test_generalised_leapfrog_stops_at_the_first_check_after_an_iteration_changes_less_than_tol(check_every, per_step):
+    # Separable H = x^2/2 + p^2/2: each implicit equation is solved by its first iteration, so
+    # the second changes nothing. A check at iteration k >= 2 stops there: k evaluations in the
+    # solve of p_half, and k of x' (plus the one for the base), and one force at the end.
+    fields = CountedFields(lambda y, q: -y, lambda y, q: q)
+    x, p = torch.tensor([[1.0], [-0.4]], dtype=torch.float64), torch.tensor([[0.2], [0.9]], dtype=torch.float64)
+    generalised_leapfrog(x, p, fields.force, fields.velocity, 0.1, 3, n_iter=10, tol=1e-12, check_every=check_every)
+    assert (fields.n_force, fields.n_velocity) == (3 * per_step, 3 * per_step)
+
+
+def test_generalised_leapfrog_tolerance_is_strict():
+    # H = x^2/2 + p^2/2 from x = 1, p = 0 with eps = 1: the first iteration of each equation
+    # changes its unknown by exactly 0.5 (p_half = -0.5, then x' = 0.5), which is not below
+    # tol = 0.5, so a second iteration runs in each.
+    fields = CountedFields(lambda y, q: -y, lambda y, q: q)
+    x, p = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    out_x, out_p = generalised_leapfrog(x, p, fields.force, fields.velocity, 1.0, 1, n_iter=10, tol=0.5, check_every=1)
+    assert (fields.n_force, fields.n_velocity) == (3, 3)
+    assert (out_x.item(), out_p.item()) == (0.5, -0.75)

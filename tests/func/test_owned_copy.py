@@ -3,6 +3,7 @@ memory-mapped file into memory of their own, each copy checked while the next is
 
 from __future__ import annotations
 
+import threading
 import zipfile
 
 import pytest
@@ -88,3 +89,56 @@ def test_owned_copies_checks_only_what_has_a_sum():
     assert differ == [0]
     copies, differ = owned_copies([a], None)
     assert differ == [] and torch.equal(copies[0], a)
+
+
+def test_tied_whole_tensors_are_each_checked_against_their_own_sum():
+    # The second tensor of an already copied storage is summed as a tensor, not skipped.
+    a = torch.arange(6.0)
+    copies, differ = owned_copies([a, a], [tensor_checksum(a), tensor_checksum(a)])
+    assert differ == [] and copies[0].data_ptr() == copies[1].data_ptr() and torch.equal(copies[1], a)
+    _, differ = owned_copies([a, a], [tensor_checksum(a), tensor_checksum(a) + 1])
+    assert differ == [1]
+
+
+def test_a_view_into_a_larger_storage_is_checked_as_the_view():
+    base = torch.arange(10.0)
+    view = base[3:7]
+    copies, differ = owned_copies([view], [tensor_checksum(view)])
+    assert differ == [] and torch.equal(copies[0], view) and copies[0].untyped_storage().nbytes() == 40
+    assert owned_copies([view], [tensor_checksum(base)])[1] == [0]
+
+
+def test_a_parameter_without_grad_stays_without_grad():
+    p = nn.Parameter(torch.ones(3), requires_grad=False)
+    (copy,), _ = owned_copies([p])
+    assert type(copy) is nn.Parameter and not copy.requires_grad
+
+
+def test_one_byte_and_empty_tensors_are_checked_beside_others():
+    one, empty, a = torch.tensor([7], dtype=torch.uint8), torch.zeros(0), torch.ones(3)
+    assert tensor_checksum(one) != 0
+    copies, differ = owned_copies([one, empty, a], [tensor_checksum(one), None, tensor_checksum(a)])
+    assert differ == [] and torch.equal(copies[0], one) and copies[1].numel() == 0
+    assert owned_copies([empty, a], [tensor_checksum(empty), tensor_checksum(a)])[1] == []
+
+
+def test_a_failure_while_checking_the_last_piece_is_raised_not_hung(monkeypatch):
+    def broken(*args):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(owned_copy, "_blocksum_numpy", broken)  # pieces of whole tensors
+    monkeypatch.setattr(owned_copy, "tensor_checksum", broken)  # the others
+    a = torch.ones(3)
+    want = tensor_checksum(a)
+    raised = []
+
+    def run():
+        try:
+            owned_copies([a], [want])
+        except MemoryError as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and len(raised) == 1
