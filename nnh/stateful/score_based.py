@@ -26,6 +26,7 @@ from nnh.func.ode import ODE_STEPS
 from nnh.func.sampling import (euler_maruyama_step, langevin_corrector_step, probability_flow_drift,
                                probability_flow_step)
 from nnh.func.score import model_score
+from nnh.stateful._dtype import resolve_dtype
 
 __all__ = ["SDE_MEMBERS", "check_sde", "build_sde", "score", "sample", "log_likelihood", "on_main"]
 
@@ -96,16 +97,18 @@ def _require_sde(handler: Any, who: str) -> Any:
     return handler.sde
 
 
-def _prior(sde: Any, event_shape: tuple[int, ...], device: torch.device) -> Any:
-    """`sde.prior(event_shape)` on `device`, for SDEs whose prior takes a device and for those
-    whose prior does not."""
+def _prior(sde: Any, event_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Any:
+    """`sde.prior(event_shape)` on `device` in `dtype`, for SDEs whose prior takes a device and a
+    dtype (nnh's do) and for those whose prior takes neither: their draws are cast by the caller."""
     try:
         params = inspect.signature(sde.prior).parameters.values()
     except (TypeError, ValueError):
         params = []
-    if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):
-        return sde.prior(event_shape, device=device)
-    return sde.prior(event_shape)
+    names = {p.name for p in params}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= {"device", "dtype"}
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if k in names}
+    return sde.prior(event_shape, **kwargs)
 
 
 def _on_device(args: Sequence[Any], device: torch.device) -> tuple[Any, ...]:
@@ -206,9 +209,10 @@ def sample(handler: Any, shape: Sequence[int] | int | None = None, steps: int | 
         score_fn = _guided_score(handler, sde, _on_device(condition or (), dev), likelihood_score_fn, guidance_factor)
         T, eps = float(sde.T), float(sde.epsilon)
         B, event_shape = shape[0], tuple(shape[1:])
+        dtype = resolve_dtype("sample", None, handler.model)
         parts = handler.parts
         with torch.no_grad(), parts.model.evaluating(parts.optimization.ema() if apply_ema else None):
-            x = _prior(sde, event_shape, dev).sample((B,)).to(dev)
+            x = _prior(sde, event_shape, dev, dtype).sample((B,)).to(dev, dtype)
             times = torch.linspace(T, eps, steps + 1, device=dev, dtype=x.dtype)
             dt = (T - eps) / steps
 
@@ -323,6 +327,6 @@ def log_likelihood(handler: Any, x: Tensor, *args: Any, ode_steps: int, n_cotang
             for i in tqdm(range(ode_steps), desc="log-likelihood", disable=not pbar, leave=False, dynamic_ncols=True):
                 state = likelihood_ode_step(lambda t, z: probability_flow_drift(sde, score_fn, t, z),
                                             times[i].expand(B), state, dt, noise, method)
-            return _prior(sde, tuple(y.shape[1:]), dev).log_prob(state[0]) + state[1]
+            return _prior(sde, tuple(y.shape[1:]), dev, y.dtype).log_prob(state[0]) + state[1]
 
     return on_main(handler, work)

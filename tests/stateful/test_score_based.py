@@ -319,3 +319,13 @@ def test_training_a_score_based_handler_needs_an_sde():
     h.set_loss_fn(lambda x, sde, model, device: seen.append(sde) or nnh.denoising_score_matching(x, sde, model))
     h.train(1, validate_every=0, progress_bar=False)
     assert isinstance(seen[0], nnh.VESDE)
+
+
+def test_a_float64_network_samples_in_float64():
+    # The prior's draws were float32 whatever the model, and a float64 Linear refused them.
+    h = NNHandler(TimeNet)
+    h.set_sde(nnh.VPSDE)
+    h.model.double()
+    torch.manual_seed(0)
+    x = h.sample((8, 2), 3, bar=False)
+    assert x.dtype == torch.float64 and x.shape == (8, 2) and torch.isfinite(x).all()

@@ -154,3 +154,53 @@ def test_a_dsm_trained_model_samples_the_mixture():
     assert abs(cov[0, 1].item()) <= 0.05
     assert abs((x[:, 0] > 0).float().mean().item() - 0.5) <= 0.04  # both modes, equally
     assert (x[:, 0].abs() < 0.5).float().mean().item() <= 0.05     # few samples between them
+
+
+# ---------------------------------------------------------------- dtypes
+def test_a_float64_model_samples_in_float64_and_recovers_the_exact_moments():
+    # The prior's draws follow the model's dtype (they were float32, and a float64 model failed
+    # at its first forward pass). Exact moments of 50 Euler-Maruyama steps, 4 se.
+    h = exact_handler("vp", MU, STD)
+    h.model.double()
+    torch.manual_seed(2)
+    x = h.sample((N, 2), 50, bar=False)
+    assert x.dtype == torch.float64
+    moments = [euler_maruyama_moments(h.sde, m, s * s, 50) for m, s in zip(MU, STD)]
+    assert_moments(x, [m for m, _ in moments], [v for _, v in moments], MU, [s * s for s in STD], (2e-2, 2e-2))
+
+
+def test_a_float32_model_samples_in_float32_under_a_float64_default_dtype():
+    h = exact_handler("vp", MU, STD)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = h.sample((64, 2), 5, bar=False)
+    finally:
+        torch.set_default_dtype(previous)
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_a_float64_log_likelihood_adds_the_prior_log_density_in_float64():
+    # VE prior N(0, 50^2 I) in D = 3072 dimensions: its log-density is about -2e4, so a float32
+    # prior is off by ~1e-3 nats. The result is the ODE's (x_T, delta) composed by hand with the
+    # prior's closed form in float64.
+    D = 3072
+    h = exact_handler("ve", [0.0] * D, [0.5] * D)
+    h.model.double()
+    x = torch.randn(2, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5
+    torch.manual_seed(3)
+    ll = h.log_likelihood(x, ode_steps=4, method="Euler")
+    sde = h.sde
+    torch.manual_seed(3)
+    noise = nnh.func.hutchinson_probes(x, 1)
+    times = torch.linspace(sde.epsilon, sde.T, 5, dtype=torch.float64)
+    state = (x, torch.zeros(2, dtype=torch.float64))
+    with torch.no_grad():
+        for i in range(4):
+            state = nnh.func.likelihood_ode_step(
+                lambda t, z: nnh.func.probability_flow_drift(sde, lambda s, y: h.score(s, y), t, z),
+                times[i].expand(2), state, (sde.T - sde.epsilon) / 4, noise, "euler")
+    z, delta = state
+    prior = -0.5 * (z * z).sum(-1) / sde.prior_std ** 2 - 0.5 * D * math.log(2 * math.pi * sde.prior_std ** 2)
+    assert ll.dtype == torch.float64
+    torch.testing.assert_close(ll, prior + delta, rtol=0, atol=1e-8)

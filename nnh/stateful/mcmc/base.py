@@ -31,7 +31,7 @@ from torch import Tensor
 from nnh.func.energy_grad import conditioned_energy_and_grad
 from nnh.func.mcmc import ChainState, StepInfo, event_sum, init_chain_state, reject_nonfinite
 from nnh.func.mcmc import _check_energy_shape  # the one wording of the (B,) energy error
-from nnh.stateful.mcmc._dtype import resolve_dtype
+from nnh.stateful._dtype import resolve_dtype
 from nnh.stateful.mcmc._sample_args import count as _count
 from nnh.stateful.mcmc._sample_args import event_shape as _event_shape
 from nnh.stateful.mcmc._sample_args import initial_state, merge_condition, resolve_call_form

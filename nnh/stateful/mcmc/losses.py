@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from nnh.stateful.mcmc._dtype import resolve_dtype
+from nnh.stateful._dtype import resolve_dtype
 from nnh.stateful.mcmc.schedulable import Schedulable
 
 __all__ = ["BaseContrastiveDivergence", "BaseLoss"]
