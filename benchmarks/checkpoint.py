@@ -21,7 +21,7 @@ Load (from files written once; the page cache is warm for every case):
     load, unverified    NNHandler.load with the checksum verification switched off (it still
                         copies the tensors out of the memory-mapped file, without summing)
     verify_checksum     the whole verification alone, on the dict torch.load read (NNHandler.load
-                        sums each tensor while it copies the next: it adds less)
+                        sums each piece of a tensor right after copying it: it adds less)
 
 and, after the save cases, `add_checksum` alone (the part of NNHandler.save that seals the file).
 

@@ -211,8 +211,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None, *, verify
 
     A dict sealed by `add_checksum` is verified against its checksum, unless `verify` is
     False. With ``map_location="cpu"`` the file is memory-mapped and every tensor copied out
-    of it while a second thread checks the copies (`nnh.func.owned_copy`): verifying then costs
-    about 1% of the load; otherwise the tensors are checked after `torch.load` (`verify_checksum`).
+    of it, each piece summed by the thread that copied it while it is still in cache
+    (`nnh.func.owned_copy`; the cost is in benchmarks/RESULTS.md, "Checksums"); otherwise
+    the tensors are checked after `torch.load` (`verify_checksum`).
     Every failure is a `CheckpointError` naming the path and what is wrong: a missing,
     empty, truncated, corrupt or foreign file, a folder, and a file that carries a pickled
     payload (an arbitrary object), which is refused rather than unpickled.

@@ -142,3 +142,31 @@ def test_a_failure_while_checking_the_last_piece_is_raised_not_hung(monkeypatch)
     worker.start()
     worker.join(timeout=10)
     assert not worker.is_alive() and len(raised) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_pieces_copied_and_summed_by_several_threads_add_up(monkeypatch, workers):
+    # Each thread sums the pieces it copied; the per-thread sums of one tensor must add up to its
+    # checksum whichever thread took which piece, and a changed expectation is still caught.
+    monkeypatch.setattr(owned_copy, "_PIECE_BYTES", 8192)
+    monkeypatch.setattr(owned_copy, "_WORKERS", workers)
+    g = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(50_000, generator=g), torch.randn(3, generator=g), torch.randn(12_345, generator=g)]
+    want = [tensor_checksum(t) for t in tensors]
+    copies, differ = owned_copies(tensors, want)
+    assert differ == [] and all(torch.equal(c, t) for c, t in zip(copies, tensors))
+    assert owned_copies(tensors, [want[0], want[1], want[2] ^ 1])[1] == [2]
+
+
+def test_large_copies_ask_for_huge_pages_inside_their_own_memory(monkeypatch):
+    # The advice covers only whole 2 MiB pages of the new storage, and is given before the copy.
+    calls = []
+    monkeypatch.setattr(owned_copy, "_MADVISE", lambda start, length: calls.append((start, length)))
+    big, small = torch.randn(5 << 18), torch.randn(1000)  # 5 MiB and 4 KB
+    (copy, small_copy), differ = owned_copies([big, small], [tensor_checksum(big), tensor_checksum(small)])
+    assert differ == [] and torch.equal(copy, big) and torch.equal(small_copy, small)
+    assert len(calls) == 1
+    start, length = calls[0]
+    lo, n = copy.data_ptr(), big.numel() * 4
+    assert start % (2 << 20) == 0 and length % (2 << 20) == 0
+    assert lo <= start and start + length <= lo + n and length >= n - 2 * (2 << 20) + 2
