@@ -192,14 +192,6 @@ def test_share_nonfinite_changes_nothing_for_finite_losses():
     _assert_same(*states)
 
 
-@pytest.fixture
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 @pytest.mark.parametrize("clip", [None, 1.0])
 def test_skip_nonfinite_under_a_float64_default_dtype(float64_default, clip):
     # The check's unit scale is float32 whatever the default dtype (the kernel refuses others).

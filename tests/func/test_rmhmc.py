@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from nnh.func.integrators import generalised_leapfrog
 from nnh.func.mcmc import ChainState, hmc_step, init_chain_state
 from nnh.func.rmhmc import riemannian_kinetic_energy, rmhmc_step
 
@@ -52,32 +53,35 @@ def test_errors():
                    lambda y: torch.eye(2), 0.1, 2, generator=torch.Generator())
 
 
-def test_the_force_of_a_position_dependent_metric_matches_autograd_of_the_hamiltonian():
-    # One generalised leapfrog step with many fixed-point iterations, against the same step taken
-    # with forces from autograd through H = U + p^T G^-1 p / 2 + log|G| / 2 (G = diag(1 + x^2)).
-    from nnh.func.integrators import generalised_leapfrog
-
-    def metric(y):
-        return torch.diag_embed(1 + y * y)
-
-    def hamiltonian(y, q):
-        g = 1 + y * y
-        return gaussian(y) + 0.5 * (q * q / g).sum(1) + 0.5 * torch.log(g).sum(1)
-
+def _assert_one_step_matches_autograd(metric, hamiltonian, velocity, momentum, seed):
+    """One rmhmc_step (3 leapfrog steps, 20 fixed-point iterations) against
+    `generalised_leapfrog` with forces from autograd through `hamiltonian`, from the same
+    momentum `momentum(x, xi)`; u = 0, so every finite proposal is accepted."""
     def force(y, q):
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             return -torch.autograd.grad(hamiltonian(y, q).sum(), y)[0]
 
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(seed)
     x = torch.randn(8, 2, generator=gen, dtype=torch.float64)
     xi, u = torch.randn(8, 2, generator=gen, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
     new, info = rmhmc_step(init_chain_state(x, gaussian_eg), gaussian_eg, metric, 0.2, 3, noise=xi, uniform=u, n_iter=20)
-    p = xi * (1 + x * x).sqrt()
-    ref_x, ref_p = generalised_leapfrog(x, p, force, lambda y, q: q / (1 + y * y), 0.2, 3, 20)
-    torch.testing.assert_close(new.x, ref_x)  # u = 0: every finite proposal is accepted
+    p = momentum(x, xi)
+    ref_x, ref_p = generalised_leapfrog(x, p, force, velocity, 0.2, 3, 20)
+    torch.testing.assert_close(new.x, ref_x)
     expected = torch.exp((hamiltonian(x, p) - hamiltonian(ref_x, ref_p)).clamp(max=0))
     torch.testing.assert_close(info.accept_prob, expected)
+
+
+def test_the_force_of_a_position_dependent_metric_matches_autograd_of_the_hamiltonian():
+    # One generalised leapfrog step with many fixed-point iterations, against the same step taken
+    # with forces from autograd through H = U + p^T G^-1 p / 2 + log|G| / 2 (G = diag(1 + x^2)).
+    def hamiltonian(y, q):
+        g = 1 + y * y
+        return gaussian(y) + 0.5 * (q * q / g).sum(1) + 0.5 * torch.log(g).sum(1)
+
+    _assert_one_step_matches_autograd(lambda y: torch.diag_embed(1 + y * y), hamiltonian,
+                                      lambda y, q: q / (1 + y * y), lambda x, xi: xi * (1 + x * x).sqrt(), seed=3)
 
 
 class Counted:
@@ -135,8 +139,6 @@ def test_the_force_of_a_full_position_dependent_metric_matches_autograd_of_the_h
     # G(y) = I + y y^T couples the coordinates, so dG/dy has off-diagonal entries and the force
     # needs the full outer product w w^T. Reference: the generalised leapfrog with forces from
     # autograd through H = U + q^T G^-1 q / 2 + log|G| / 2.
-    from nnh.func.integrators import generalised_leapfrog
-
     def metric(y):
         return torch.eye(2, dtype=y.dtype) + y.unsqueeze(-1) * y.unsqueeze(-2)
 
@@ -144,20 +146,9 @@ def test_the_force_of_a_full_position_dependent_metric_matches_autograd_of_the_h
         g = metric(y)
         return gaussian(y) + 0.5 * (q * torch.linalg.solve(g, q)).sum(1) + 0.5 * torch.logdet(g)
 
-    def force(y, q):
-        with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
-            return -torch.autograd.grad(hamiltonian(y, q).sum(), y)[0]
-
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(8, 2, generator=gen, dtype=torch.float64)
-    xi, u = torch.randn(8, 2, generator=gen, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
-    new, info = rmhmc_step(init_chain_state(x, gaussian_eg), gaussian_eg, metric, 0.2, 3, noise=xi, uniform=u, n_iter=20)
-    p = (torch.linalg.cholesky(metric(x)) @ xi.unsqueeze(-1)).squeeze(-1)
-    ref_x, ref_p = generalised_leapfrog(x, p, force, lambda y, q: torch.linalg.solve(metric(y), q), 0.2, 3, 20)
-    torch.testing.assert_close(new.x, ref_x)  # u = 0: every finite proposal is accepted
-    expected = torch.exp((hamiltonian(x, p) - hamiltonian(ref_x, ref_p)).clamp(max=0))
-    torch.testing.assert_close(info.accept_prob, expected)
+    _assert_one_step_matches_autograd(
+        metric, hamiltonian, lambda y, q: torch.linalg.solve(metric(y), q),
+        lambda x, xi: (torch.linalg.cholesky(metric(x)) @ xi.unsqueeze(-1)).squeeze(-1), seed=5)
 
 
 def test_a_constant_metric_built_from_parameters_reproduces_hmc_with_that_mass():

@@ -1,19 +1,10 @@
 """nnh.func.train_state: the train state's scalars have the dtypes the module docstring
 promises whatever the default dtype, and live on the module's device."""
 
-import pytest
 import torch
 from torch import nn
 
 from nnh.func.train_state import init_train_state
-
-
-@pytest.fixture
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 def test_the_scalars_keep_their_dtypes_under_a_float64_default(float64_default):
