@@ -153,24 +153,30 @@ def _epoch_batches(parts: Parts, run: Fit, epoch: int, loader: Any, sums: EpochS
     The RNG state at the epoch's start is kept (a shuffling loader draws its order from it
     when iterated). Resuming a mid-epoch checkpoint replays that state to rebuild the same
     order, skips the batches already trained, and then goes on with the RNG state of the
-    moment it stopped, so the run continues exactly. (A `DistributedSampler` orders by its
+    moment it stopped, so the run continues exactly. The resume point is dropped once the
+    skip is done: an exception after that (the weights have moved) restarts the epoch, as in
+    any interrupted epoch. (A `DistributedSampler` orders by its
     seed and `set_epoch` instead; the replay keeps the rest of the RNG streams exact.) The
     saved sums are those of all ranks, so rank 0 alone takes them up.
     """
     progress = parts.progress
-    resume, progress.resume = progress.resume, None
+    resume = progress.resume
     if resume is not None and resume["epoch"] == epoch:
         now = rng_state()
-        set_rng_state(resume["epoch_rng"])
-        progress.epoch_rng = resume["epoch_rng"]
-        it = iter(loader)
-        for _ in range(resume["batches_done"]):
-            next(it)
-        set_rng_state(now)
+        try:
+            set_rng_state(resume["epoch_rng"])
+            it = iter(loader)
+            for _ in range(resume["batches_done"]):
+                next(it)
+        finally:
+            # An exception while skipping (the loader, Ctrl-C) has trained nothing: the resume
+            # point and the RNG streams stay as they were, and the next `train` replays again.
+            set_rng_state(now)
+        progress.resume, progress.epoch_rng = None, resume["epoch_rng"]
         if run.runtime.is_main:
             sums.load({"loss": resume["loss"], "metrics": resume["metrics"]})
         return it, resume["batches_done"]
-    progress.epoch_rng = rng_state()
+    progress.resume, progress.epoch_rng = None, rng_state()
     return iter(loader), 0
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from nnh import NNHandler
-from tests._models import CHILD_ENV, build_handler, set_loaders
+from tests._models import CHILD_ENV, build_handler, classification_data, set_loaders
 
 TOTAL = 4
 KW = dict(use_amp=True, ema_decay=0.9, progress_bar=False)
@@ -183,3 +183,34 @@ def test_signal_from_another_process(tmp_path):
     assert "train returned at epoch 1" in out
     assert torch.load(tmp_path / "pre.pth", weights_only=True)["resume"]["batches_done"] == 3
     assert_same_run(reference(), resume(tmp_path / "pre.pth"))
+
+
+class FailsOnce(torch.utils.data.Dataset):
+    """`base`, except that the first item read raises KeyboardInterrupt (Ctrl-C in the loader)."""
+
+    def __init__(self, base) -> None:
+        self.base, self.armed = base, True
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return self.base[i]
+
+
+def test_an_interrupt_while_skipping_the_trained_batches_keeps_the_resume_point(tmp_path):
+    # Nothing is trained while a resumed run skips the batches it already trained, so an
+    # exception there must leave the resume point, so that the next train still resumes exactly
+    # (the resume point used to be dropped: the epoch restarted, training three batches twice).
+    interrupted(tmp_path, at=(1, 2))
+    h = NNHandler.load(tmp_path / "pre.pth", callbacks=[])
+    h.set_train_loader(FailsOnce(classification_data(96)), batch_size=16, shuffle=True)
+    h.set_val_loader(classification_data(32, seed=1), batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        h.train(TOTAL - h.epoch, **KW)
+    assert int(h.train_state["step"]) == 6 + 3
+    h.train(TOTAL - h.epoch, **KW)
+    assert_same_run(reference(), h)
