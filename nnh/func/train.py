@@ -74,7 +74,9 @@ def _squared_norm(tensors: list[Tensor]) -> Tensor:
 
 def _scale_to_norm(grads: list[Tensor], norm: Tensor, max_norm: float) -> None:
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+    # In the norm's dtype, as torch.nn.utils.clip_grad_norm_ applies it: each kernel casts it
+    # to its gradients' dtype, so a narrower first gradient does not round it for the rest.
+    torch._foreach_mul_(grads, coef)
 
 
 def _split(out: Any) -> tuple[Tensor, Any]:

@@ -542,3 +542,59 @@ def test_the_temporary_file_sits_beside_the_target_and_a_name_collision_is_retri
 def test_read_checkpoint_maps_tensors_where_asked(tmp_path):
     atomic_save({"x": torch.ones(3)}, tmp_path / "c.pth")
     assert read_checkpoint(tmp_path / "c.pth", map_location="meta", verify=False)["x"].device.type == "meta"
+
+
+def test_a_zip_whose_end_record_spans_disks_is_no_checkpoint(tmp_path):
+    # zipfile.is_zipfile raises (not answers False) for a zip64 locator naming several disks.
+    torch.save({"a": torch.ones(3)}, tmp_path / "full.pth")
+    data = bytearray((tmp_path / "full.pth").read_bytes())
+    locator = data.rfind(b"PK\x06\x07")
+    assert locator > 0
+    data[locator + 16] = 2  # "total number of disks"
+    (tmp_path / "disks.pth").write_bytes(bytes(data))
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.is_zipfile(tmp_path / "disks.pth")
+    with pytest.raises(CheckpointError, match="not a torch checkpoint: it is no zip archive") as err:
+        read_checkpoint(tmp_path / "disks.pth")
+    assert repr(str(tmp_path / "disks.pth")) in str(err.value)
+
+
+def test_a_mapped_read_copies_the_tensors_nested_in_lists_and_tuples_out_of_the_file(tmp_path):
+    # Each tensor is distinct, so its bytes can be found in the file and changed there after
+    # the read: the values returned are copies, not the file's mapped pages.
+    a, b, c = (torch.arange(64, dtype=torch.float64) + k + 0.25 for k in (1000, 2000, 3000))
+    path = tmp_path / "c.pth"
+    atomic_save(add_checksum({"l": [a, (b, 7)], "d": {"c": c}}), path)
+    got = read_checkpoint(path, map_location="cpu")
+    assert isinstance(got["l"], list) and isinstance(got["l"][1], tuple) and got["l"][1][1] == 7
+    for t, ref in ((got["l"][0], a), (got["l"][1][0], b), (got["d"]["c"], c)):
+        assert torch.equal(t, ref)
+    with open(path, "r+b") as f:
+        data = f.read()
+        for ref in (a, b, c):
+            at = data.find(ref.numpy().tobytes())
+            assert at > 0
+            f.seek(at)
+            f.write(torch.zeros(64, dtype=torch.float64).numpy().tobytes())
+    for t, ref in ((got["l"][0], a), (got["l"][1][0], b), (got["d"]["c"], c)):
+        assert torch.equal(t, ref)
+
+
+def test_a_mapped_read_names_the_path_when_the_plain_values_changed(tmp_path):
+    sealed = add_checksum({"w": torch.ones(3), "n": 4})
+    atomic_save({**sealed, "n": 5}, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match="corrupt.*plain values") as err:
+        read_checkpoint(tmp_path / "c.pth", map_location="cpu")
+    assert repr(str(tmp_path / "c.pth")) in str(err.value)
+
+
+def test_a_writer_whose_temporary_names_are_all_taken_gives_up_after_100_tries(tmp_path, monkeypatch):
+    import nnh.func.checkpoint as checkpoint
+
+    tries = []
+    monkeypatch.setattr(checkpoint.secrets, "token_hex", lambda n: tries.append(n) or "taken")
+    (tmp_path / ".c.pth.taken.tmp").write_bytes(b"another writer's")
+    with pytest.raises(FileExistsError, match="could not create a temporary file"):
+        atomic_save({"x": torch.ones(2)}, tmp_path / "c.pth")
+    assert len(tries) == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.pth.taken.tmp"]

@@ -94,3 +94,48 @@ def test_strings_that_utf8_cannot_encode_are_still_sealed_and_checked():
     verify_checksum(ckpt, "f.pth")
     with pytest.raises(CheckpointError, match="plain values"):
         verify_checksum({**ckpt, "name": "half a pair: \ud801"}, "f.pth")
+
+
+def _reference_checksum(data: bytes) -> int:
+    # The documented sum with Python integers: little-endian int64 words (the tail zero-padded),
+    # block sums of 512 words, weights 2b + 1, taken mod 2^64 as a signed int64.
+    data += bytes(-len(data) % 8)
+    words = [int.from_bytes(data[i:i + 8], "little", signed=True) for i in range(0, len(data), 8)]
+    total = sum((2 * b + 1) * sum(words[b * 512:(b + 1) * 512]) for b in range(len(words) // 512 + 1))
+    return (total + 2**63) % 2**64 - 2**63
+
+
+def test_the_checksum_is_the_weighted_block_sum_and_wraps_without_warnings():
+    # Large words: every block sum and its weighted term wrap around 2^64. numpy warns when a
+    # scalar (not an array) overflows; the sum must wrap silently, as documented.
+    g = torch.Generator().manual_seed(3)
+    words = torch.randint(-2**62, 2**62, (2 * 512 + 300,), dtype=torch.int64, generator=g)
+    padded = torch.randint(0, 256, (8 * 700 + 5,), dtype=torch.uint8, generator=g)  # a 5-byte tail
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in (words, padded):
+            assert tensor_checksum(t) == _reference_checksum(t.numpy().tobytes())
+            assert checksum._checksums([t]).tolist() == [_reference_checksum(t.numpy().tobytes())]
+
+
+def test_a_view_at_any_byte_offset_is_read_8_byte_aligned_on_every_path():
+    # The device path reads int64 words from the bytes: an unaligned view must be copied first.
+    buf = torch.arange(256, dtype=torch.uint8)
+    for offset in range(72):
+        t = buf[offset:offset + 100]
+        raw = checksum._raw_bytes(t)
+        assert raw.data_ptr() % 8 == 0, offset
+        assert int(checksum._blocksum_torch(raw)) == _reference_checksum(t.numpy().tobytes()), offset
+
+
+def test_the_error_counts_every_tensor_that_differs_and_names_the_first_five():
+    tensors = [((f"t{i}",), torch.zeros(1)) for i in range(7)]
+    error = checksum.tensor_check_error("f.pth", tensors, list(range(7)))
+    assert "7 tensor(s)" in str(error)
+    assert all(f"'t{i}'" in str(error) for i in range(5))
+    assert "'t5'" not in str(error) and "'t6'" not in str(error)
+    assert checksum.tensor_check_error("f.pth", tensors, []) is None
+
+
+def test_checking_at_once_returns_a_wait_that_does_nothing():
+    assert verify_checksum(_sealed(), "f.pth", wait=True)() is None

@@ -212,3 +212,13 @@ def test_skip_nonfinite_under_a_float64_default_dtype(float64_default, clip):
     opt_ref.step()
     for p, q in zip(m.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_share_nonfinite_is_off_by_default():
+    # skip_nonfinite alone skips the window but leaves a NaN loss's finite gradients as they are.
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    state = init_train_state(net, opt)
+    train_step(state, _data(8, 1), module=net, loss_fn=_nan_constant_loss, optimizer=opt, update=False,
+               skip_nonfinite=True)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())

@@ -338,6 +338,24 @@ def test_clip_grad_norm_uses_the_same_coefficient_as_torch():
     assert half[0].dtype == torch.bfloat16 and half[0].tolist() == pytest.approx([0.5] * 4, rel=1e-2)
 
 
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float32), (torch.float32, torch.float64)],
+                         ids=["bf16-then-fp32", "fp32-then-fp64"])
+def test_clip_grad_norm_of_mixed_dtypes_scales_every_gradient_as_torch_does(dtypes):
+    # The coefficient stays in the dtype of the norm (the widest), as torch applies it: rounded
+    # to the first gradient's dtype it scaled a bf16-then-fp32 model's gradients up to 0.4% off
+    # (beyond max_norm where it rounded up), and fp64 gradients after fp32 ones by 1e-8.
+    g = torch.Generator().manual_seed(1)
+    grads = [(10 * torch.randn(50, generator=g)).to(d) for d in dtypes]
+    ref = [nn.Parameter(t.clone()) for t in grads]
+    for p, t in zip(ref, grads):
+        p.grad = t.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm=1.0)
+    norm = clip_grad_norm(grads, 1.0)
+    assert torch.equal(norm, expected_norm)
+    for p, t in zip(ref, grads):
+        assert t.dtype == p.grad.dtype and torch.equal(t, p.grad)
+
+
 def test_defaults_skip_nothing_and_an_update_free_micro_batch_reports_no_step():
     m = _net()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
