@@ -9,6 +9,9 @@ AdamW(lr=1e-3, weight_decay=1e-2), cross-entropy. Every case reads the same `Dat
                  backward (the gradients' all-reduce), AdamW(foreach=True).step()
     nnh ddp      NNHandler(strategy="ddp") with that DataLoader: train(1, validate_every=0)
     hand fsdp    fully_shard(model), the same loop
+    hand fsdp checked
+                 the same, stepping only when every rank's gradient shards are finite (one
+                 all-reduce of a flag per step, read on the host): what nnh's FSDP update checks
     nnh fsdp     NNHandler(strategy="fsdp"), train(1, validate_every=0)
     ... clip     the FSDP pair with gradient clipping to norm 1: clip_grad_norm_ in the hand loop,
                  train(gradient_clipping_norm=1.0); both then reduce the norm over the shards
@@ -71,7 +74,7 @@ def loader(steps: int) -> DataLoader:
     return DataLoader(data, batch_size=BATCH, sampler=sampler)
 
 
-def hand_case(strategy: str, data: DataLoader, clip: float | None = None):
+def hand_case(strategy: str, data: DataLoader, clip: float | None = None, check: bool = False):
     module = fresh_model()
     if strategy == "ddp":
         model: nn.Module = nn.parallel.DistributedDataParallel(module)
@@ -93,9 +96,20 @@ def hand_case(strategy: str, data: DataLoader, clip: float | None = None):
             F.cross_entropy(model(x), y).backward()
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if check and not finite_everywhere(model):
+                continue
             opt.step()
 
     return lambda: stopwatch(one_epoch)
+
+
+def finite_everywhere(model: nn.Module) -> bool:
+    """Whether every rank's gradient shards are finite: the check a careful hand-written
+    sharded loop makes before stepping (one all-reduce of a flag, read on the host)."""
+    local = [p.grad.to_local() for p in model.parameters() if p.grad is not None]
+    bad = torch.stack([torch.isfinite(g).all() for g in local]).logical_not().any().float().reshape(1)
+    dist.all_reduce(bad)
+    return bad.item() == 0
 
 
 def func_case(data: DataLoader, skip: bool):
@@ -136,6 +150,7 @@ def worker(args: argparse.Namespace) -> None:
     data = loader(args.steps)
     cases = {"hand ddp": hand_case("ddp", data), "nnh ddp": nnh_case("ddp", data),
              "hand fsdp": hand_case("fsdp", data), "nnh fsdp": nnh_case("fsdp", data),
+             "hand fsdp checked": hand_case("fsdp", data, check=True),
              "hand fsdp clip": hand_case("fsdp", data, 1.0), "nnh fsdp clip": nnh_case("fsdp", data, 1.0)}
     if args.breakdown:
         cases.update({"func ddp": func_case(data, True), "func ddp no skip": func_case(data, False)})
@@ -147,11 +162,15 @@ def worker(args: argparse.Namespace) -> None:
     times = interleave(cases, repeats=args.repeats, warmup=args.warmup)
     if rank == 0:
         ddp = {k: v for k, v in times.items() if "ddp" in k}
-        fsdp = {k: times[k] for k in ("hand fsdp", "nnh fsdp")}
+        fsdp = {k: times[k] for k in ("hand fsdp", "nnh fsdp", "hand fsdp checked")}
         print("\nDDP (times in ms per step)")
         print(report(ddp, "hand ddp", per=args.steps, per_label="step"))
         print("\nFSDP2 (times in ms per step)")
         print(report(fsdp, "hand fsdp", per=args.steps, per_label="step"))
+        checked = {k: times[k] for k in ("hand fsdp checked", "nnh fsdp")}
+        print("\nFSDP2 against the hand loop that checks its gradients' finiteness on every rank "
+              "before stepping (times in ms per step)")
+        print(report(checked, "hand fsdp checked", per=args.steps, per_label="step"))
         print("\nFSDP2 with gradient clipping to norm 1 (times in ms per step)")
         clip = {k: times[k] for k in ("hand fsdp clip", "nnh fsdp clip")}
         print(report(clip, "hand fsdp clip", per=args.steps, per_label="step"))
