@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from nnh.stateful._dtype import resolve_dtype
+from nnh.stateful.checks import check_device
 from nnh.stateful.mcmc.schedulable import Schedulable
 
 __all__ = ["BaseContrastiveDivergence", "BaseLoss"]
@@ -40,7 +41,7 @@ class BaseLoss(Schedulable, nn.Module, abc.ABC):
         nn.Module.__init__(self)
         self._init_schedulers()
         self.dtype = resolve_dtype(type(self).__name__, dtype, model)
-        self.device = torch.device(device) if device is not None else None
+        self.device = check_device(device, type(self).__name__) if device is not None else None
 
     def _scheduled_children(self) -> Iterable[Any]:
         return [v for v in vars(self).values() if isinstance(v, Schedulable)]
