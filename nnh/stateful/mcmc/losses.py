@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from nnh.stateful._dtype import resolve_dtype
-from nnh.stateful.checks import check_device
+from nnh.stateful.checks import check_device, check_flag
 from nnh.stateful.mcmc.schedulable import Schedulable
 
 __all__ = ["BaseContrastiveDivergence", "BaseLoss"]
@@ -48,6 +48,10 @@ class BaseLoss(Schedulable, nn.Module, abc.ABC):
 
     def _placed(self, x: Tensor) -> Tensor:
         """``x`` on the loss's device (x's own when None) in its dtype."""
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 1:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: x must be a tensor of shape (B, *event_shape) with B >= 1, "
+                             f"got {got}.")
         return x.to(device=self.device if self.device is not None else x.device, dtype=self.dtype)
 
     @abc.abstractmethod
@@ -101,7 +105,8 @@ class BaseContrastiveDivergence(BaseLoss):
         self.model = model
         self.sampler = sampler
         self.k_steps = k_steps
-        self.persistent = bool(persistent)
+        check_flag(owner, "persistent", persistent)
+        self.persistent = persistent
         self.buffer_size = buffer_size
         self.new_sample_ratio = float(new_sample_ratio)
         self.init_steps = init_steps
