@@ -92,6 +92,10 @@ class _SDE(RecordsInit):
     def prior(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> Independent:
         """N(0, prior_std^2 I) over one sample of `shape`; `log_prob` sums over its dimensions."""
+        if not (isinstance(shape, (tuple, list, torch.Size))
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise ValueError(f"{type(self).__name__}.prior: shape={shape!r} must be a tuple of positive ints, the "
+                             "shape of one sample (its event shape), e.g. (2,) or (3, 32, 32).")
         shape = tuple(shape)
         loc = torch.zeros(shape, device=device, dtype=dtype)
         return Independent(Normal(loc, torch.full_like(loc, self.prior_std), validate_args=False), len(shape))

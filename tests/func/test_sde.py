@@ -182,3 +182,12 @@ def test_stored_as_import_path_and_arguments():
     back = decode_value(data)
     assert type(back) is VESDE and (back.sigma_min, back.sigma_max, back.epsilon, back.T) == (0.05, 25.0, 1e-3, 1.0)
     assert repr(back) == "VESDE(0.05, sigma_max=25.0, epsilon=0.001)"
+
+
+@pytest.mark.parametrize("shape", [5, (-1,), (0, 2), ("a",), (2.0,)])
+def test_prior_names_a_shape_that_is_not_a_tuple_of_positive_ints(shape):
+    # int: "'int' object is not iterable"; (-1,): torch's "Dimension size must be non-negative";
+    # (0, 2): an empty distribution, silently.
+    with pytest.raises(ValueError, match=r"^VESDE.prior: shape=.* must be a tuple of positive ints"):
+        VESDE().prior(shape)
+    assert VPSDE().prior(()).sample((3,)).shape == (3,) and VPSDE().prior(torch.Size([2])).event_shape == (2,)
