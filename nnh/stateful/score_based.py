@@ -55,9 +55,9 @@ def check_sde(sde: Any, owner: str = "handler.sde") -> Any:
         T, eps = float(sde.T), float(sde.epsilon)
     except (TypeError, ValueError):
         T, eps = math.nan, math.nan
-    if not 0 <= eps < T:
+    if not 0 <= eps < T < math.inf:
         raise ValueError(f"{owner}: {type(sde).__name__} has T={sde.T!r}, epsilon={sde.epsilon!r}; they must be "
-                         "numbers with 0 <= epsilon < T.")
+                         "finite numbers with 0 <= epsilon < T.")
     return sde
 
 

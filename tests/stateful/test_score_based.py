@@ -65,6 +65,9 @@ def test_set_sde_and_assigning_an_sde_make_the_handler_score_based():
     (lambda h: setattr(h, "sde", object()), TypeError, r"object object lacks \['T', 'epsilon', 'sigma', "
                                                      r"'marginal_prob', 'drift', 'diffusion', 'prior'\]"),
     (lambda h: setattr(h, "sde", ToySDE(epsilon=2.0)), ValueError, r"T=1.0, epsilon=2.0"),
+    # An infinite T passed, and sampling stepped by (T - epsilon) / steps = inf into NaN.
+    (lambda h: setattr(h, "sde", ToySDE(T=math.inf)), ValueError,
+     r"^handler.sde: ToySDE has T=inf, epsilon=0.001; they must be finite numbers with 0 <= epsilon < T"),
 ])
 def test_a_refused_sde_names_the_problem_and_changes_nothing(call, error, match):
     h = NNHandler(TimeNet, model_type="regression")
