@@ -110,6 +110,9 @@ class BaseContrastiveDivergence(BaseLoss):
         self.buffer_size = buffer_size
         self.new_sample_ratio = float(new_sample_ratio)
         self.init_steps = init_steps
+        if init_dist is not None and not (callable(getattr(init_dist, "sample", None)) or callable(init_dist)):
+            raise TypeError(f"{owner}: init_dist={init_dist!r} must be None, a torch.distributions.Distribution or a "
+                            "callable n -> (n, *event_shape), e.g. torch.distributions.Normal(0, 1).expand((2,)).")
         self.init_dist = init_dist
         self.register_buffer("replay_buffer", None)
 

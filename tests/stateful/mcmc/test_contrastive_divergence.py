@@ -253,3 +253,9 @@ def test_non_bool_flags_and_a_batch_that_is_not_a_tensor_are_named(make, error, 
     model = EnergyMLP()
     with pytest.raises(error, match=match):
         make(model, LangevinDynamics(model, 0.01))
+
+
+def test_an_init_dist_that_cannot_draw_is_named_at_construction():
+    # It failed at the first persistent call with "'int' object is not callable".
+    with pytest.raises(TypeError, match=r"^ContrastiveDivergence: init_dist=3 must be None, a torch.distributions"):
+        ContrastiveDivergence(EnergyMLP(), ShiftSampler(), persistent=True, init_dist=3)
