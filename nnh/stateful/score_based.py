@@ -349,7 +349,8 @@ def log_likelihood(handler: Any, x: Tensor, *args: Any, ode_steps: int, n_cotang
     if not 0 <= t0 < t1 <= float(sde.T):
         raise ValueError(f"log_likelihood: t0={t0!r}, t1={t1!r}; they must satisfy 0 <= t0 < t1 <= T={sde.T} "
                          f"(defaults: epsilon={sde.epsilon}, T={sde.T}); past T the prior at T is not p_t1.")
-    sigma_t0 = float(sde.sigma(torch.full((1,), float(t0), device=handler.device)).reshape(-1)[0])  # once a call
+    # sigma in the dtype the ODE runs in (x's), read once a call.
+    sigma_t0 = float(sde.sigma(torch.full((1,), float(t0), dtype=x.dtype, device=handler.device)).reshape(-1)[0])
     if not sigma_t0 > 0:
         raise ValueError(f"log_likelihood: sigma(t0={t0!r}) = {sigma_t0} for {type(sde).__name__}: the score, "
                          "net / sigma(t), is not defined there; start at t0 > 0, e.g. the default t0=epsilon with "
