@@ -31,6 +31,7 @@ import math
 import torch
 from torch import Tensor
 
+from nnh.func.mcmc import _check_scale
 from nnh.func.sde import VPSDE, per_sample
 
 __all__ = [
@@ -185,7 +186,9 @@ def velocity_from_prediction(prediction: str, output: Tensor, x: Tensor, t: Tens
 def diffusion_coefficient(form: str, x: Tensor, t: Tensor, interpolant: Interpolant, norm: float = 1.0) -> Tensor:
     r"""w(t) of the sampling SDE :math:`dx = [v + w s]dt + \sqrt{2w}\,dW`, broadcastable to x:
     ``"constant"`` 1, ``"SBDM"`` :math:`\eta/\sigma`, ``"sigma"`` :math:`\sigma`, ``"linear"`` 1 - t,
-    ``"decreasing"`` (1 - t)^2, ``"increasing-decreasing"`` 4t(1 - t); all times ``norm``."""
+    ``"decreasing"`` (1 - t)^2, ``"increasing-decreasing"`` 4t(1 - t); all times ``norm`` (a
+    finite number >= 0: the noise is sqrt(2w))."""
+    _check_scale("diffusion_coefficient", "norm", norm, positive=False)  # Python numbers only: no sync
     te = expand_t_like_x(t, x)
     if form == "constant":
         return norm * torch.ones_like(te)

@@ -124,6 +124,14 @@ def leapfrog(
     return x, p, energy, grad
 
 
+def _check_counts(who: str, **counts: object) -> None:
+    # Python ints only (no tensor, no sync): 0 iterations left x where it was, and 0 steps
+    # returned the start, both silently; a float failed inside range().
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{who}: {name}={value!r} must be an int >= 1.")
+
+
 def _fixed_point(update: Callable[[Tensor], Tensor], start: Tensor, n_iter: int, tol: float | None,
                  check_every: int) -> Tensor:
     # Picard iteration y <- update(y). By default a fixed count, with no host sync; with a
@@ -166,6 +174,7 @@ def generalised_leapfrog(
     both equations and the scheme is `leapfrog`. Cost per step: ``n_iter + 1`` force and
     ``n_iter + 1`` velocity evaluations. Returns ``(x, p)`` at the end point.
     """
+    _check_counts("generalised_leapfrog", n_steps=n_steps, n_iter=n_iter)
     half = 0.5 * step_size
     for _ in range(n_steps):
         p_half = _fixed_point(lambda q, x=x, p=p: p + half * force(x, q), p, n_iter, tol, check_every)

@@ -70,12 +70,16 @@ def bits_per_dim(log_likelihood: Tensor, n_dims: int, bin_width: float = 1.0) ->
     Args:
         log_likelihood: log p(x) in nats, any shape (e.g. (B,)).
         n_dims: D, the number of dimensions of one sample (e.g. 3 * 32 * 32).
-        bin_width: w > 0.
+        bin_width: w, a finite number > 0.
     """
     if isinstance(n_dims, bool) or not isinstance(n_dims, int) or n_dims < 1:
         raise ValueError(f"bits_per_dim: n_dims={n_dims!r} must be an int >= 1, the dimensions of one sample "
                          "(e.g. x[0].numel()).")
-    if not bin_width > 0:
-        raise ValueError(f"bits_per_dim: bin_width={bin_width!r} must be > 0, e.g. 1/256 for 8-bit data "
-                         "dequantised to [0, 1).")
-    return -(log_likelihood + n_dims * math.log(bin_width)) / (n_dims * math.log(2.0))
+    try:
+        width = float(bin_width)  # a number, or a one-element tensor (read once)
+    except (TypeError, ValueError, RuntimeError):
+        width = math.nan
+    if isinstance(bin_width, bool) or not 0 < width < math.inf:
+        raise ValueError(f"bits_per_dim: bin_width={bin_width!r} must be a finite number > 0, e.g. 1/256 for 8-bit "
+                         "data dequantised to [0, 1).")
+    return -(log_likelihood + n_dims * math.log(width)) / (n_dims * math.log(2.0))

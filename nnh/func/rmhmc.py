@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nnh.func.energy_grad import EnergyAndGrad
-from nnh.func.integrators import generalised_leapfrog
+from nnh.func.integrators import _check_counts, generalised_leapfrog
 from nnh.func.mcmc import ChainState, StepInfo, _check_energy_shape, _check_scale, _given_noise, _given_uniform
 from nnh.func.mcmc import metropolis_accept
 
@@ -137,6 +137,7 @@ def rmhmc_step(
     """
     if n_leapfrog_steps < 1:
         raise ValueError(f"rmhmc_step: n_leapfrog_steps must be >= 1, got {n_leapfrog_steps}.")
+    _check_counts("rmhmc_step", n_iter=n_iter)
     _check_scale("rmhmc_step", "step_size", step_size)
     x = state.x
     if x.ndim != 2:

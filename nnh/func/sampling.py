@@ -22,11 +22,18 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from nnh.func.mcmc import _check_scale
 from nnh.func.ode import ODE_STEPS
 
 __all__ = ["euler_maruyama_step", "langevin_corrector_step", "probability_flow_drift", "probability_flow_step"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_noise(who: str, noise: Tensor, x: Tensor) -> None:
+    if noise.shape != x.shape:
+        raise ValueError(f"{who}: noise of shape {tuple(noise.shape)} does not fit x of shape {tuple(x.shape)}; pass "
+                         "standard normal noise shaped like x, e.g. torch.randn_like(x).")
 
 
 def euler_maruyama_step(sde: Any, score_fn: ScoreFn, t: Tensor, x: Tensor, dt: float | Tensor,
@@ -43,6 +50,10 @@ def euler_maruyama_step(sde: Any, score_fn: ScoreFn, t: Tensor, x: Tensor, dt: f
     Returns: ``(x_next, x_mean)``; a sampler returns x_mean, the noise-free update, after its
     last step.
     """
+    # Python numbers and shapes only: no host sync, nothing for torch.compile to break on. A
+    # negative dt made sqrt(dt) complex; noise of another shape broadcast into a wrong step.
+    _check_scale("euler_maruyama_step", "dt", dt)
+    _check_noise("euler_maruyama_step", noise, x)
     g = sde.diffusion(t, x)
     drift = sde.drift(t, x) - g * g * score_fn(t, x)
     x_mean = x - drift * dt
@@ -70,6 +81,8 @@ def langevin_corrector_step(score_fn: ScoreFn, t: Tensor, x: Tensor, snr: float,
         snr: r > 0 (e.g. 0.16). alpha: 1, or 1 - beta_i for a discretised VP SDE.
     Returns: ``(x_next, x_mean)``.
     """
+    _check_scale("langevin_corrector_step", "snr", snr)  # snr = 0 stood still; < 0 stepped as |snr|
+    _check_noise("langevin_corrector_step", noise, x)
     score = score_fn(t, x)
     grad_norm = torch.linalg.vector_norm(score.reshape(score.shape[0], -1), dim=-1).mean()
     noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()

@@ -40,13 +40,23 @@ def batch_time(t: float | Tensor, x: Tensor) -> Tensor:
     return t
 
 
+def _shaped_like_x(who: str, out: Tensor, x: Tensor) -> Tensor:
+    # A (B, 1) or (D,) output would broadcast against x into a wrong score or loss, silently.
+    # A shape comparison: no host sync, and nothing for torch.compile to break on.
+    if out.shape != x.shape:
+        raise ValueError(f"{who}: the network returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
+                         "net(t, x, ...) must return sigma(t) times the score, shaped like x.")
+    return out
+
+
 def model_score(net: Callable[..., Tensor], sde: Any, t: float | Tensor, x: Tensor, *args: Any) -> Tensor:
     r"""The score :math:`s_\theta(t, x) = \mathrm{net}(t, x, *args) / \sigma(t)`, shaped like x.
 
-    ``t`` may be a float, a 0-d tensor or a (B,) tensor; the network always receives (B,).
+    ``t`` may be a float, a 0-d tensor or a (B,) tensor; the network always receives (B,). A
+    network output not shaped like x raises ValueError.
     """
     t = batch_time(t, x)
-    return net(t, x, *args) / per_sample(sde.sigma(t), x)
+    return _shaped_like_x("model_score", net(t, x, *args), x) / per_sample(sde.sigma(t), x)
 
 
 def dsm_loss(net: Callable[..., Tensor], sde: Any, x0: Tensor, t: Tensor, z: Tensor, *args: Any) -> Tensor:
@@ -66,8 +76,11 @@ def dsm_loss(net: Callable[..., Tensor], sde: Any, x0: Tensor, t: Tensor, z: Ten
         z: standard normal noise shaped like x0.
     Returns: a 0-d tensor.
     """
+    if z.shape != x0.shape:
+        raise ValueError(f"dsm_loss: z of shape {tuple(z.shape)} does not fit x0 of shape {tuple(x0.shape)}; "
+                         "pass standard normal noise shaped like x0, e.g. torch.randn_like(x0).")
     mean, std = sde.marginal_prob(t, x0)
-    residual = net(t, mean + std * z, *args) + z
+    residual = _shaped_like_x("dsm_loss", net(t, mean + std * z, *args), x0) + z
     return residual.square().sum() / x0.shape[0]
 
 
@@ -81,6 +94,13 @@ def denoising_score_matching(x0: Tensor, sde: Any, model: Callable[..., Tensor],
     handler's loss convention; the draws follow x0's device. Not `nnh.DenoisingScoreMatching`,
     the loss of energy models (module docstring).
     """
+    if not isinstance(x0, Tensor) or x0.dim() < 1 or not x0.is_floating_point():
+        got = f"a {x0.dtype} tensor of shape {tuple(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"denoising_score_matching: x0 must be a floating-point tensor of shape (B, *event_shape), "
+                         f"got {got}; e.g. x0.float().")
+    if not all(hasattr(sde, m) for m in ("epsilon", "T", "marginal_prob")):
+        raise TypeError(f"denoising_score_matching: sde={sde!r} must be an SDE (epsilon, T, marginal_prob), e.g. "
+                        "nnh.VPSDE(); on a handler, call handler.set_sde(nnh.VPSDE).")
     t = torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype, generator=generator)
     t = sde.epsilon + (sde.T - sde.epsilon) * t
     z = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)

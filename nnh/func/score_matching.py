@@ -29,6 +29,7 @@ level with m(t) = 1 and net(t, x) / sigma = -grad U(x) it is 2 sigma^2 times
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -109,8 +110,11 @@ def denoising_score_matching_loss(energy_fn: EnergyFn, x: Tensor, noise: Tensor,
         energy_fn: U, (B, *event_shape) -> (B,), differentiable in x and its parameters.
         x: data (B, *event_shape). noise: standard normal xi shaped like x. noise_scale: sigma > 0.
     """
-    if not noise_scale > 0:
-        raise ValueError(f"denoising_score_matching_loss: noise_scale must be > 0, got {noise_scale!r}.")
+    if not 0 < noise_scale < math.inf:
+        raise ValueError(f"denoising_score_matching_loss: noise_scale must be finite and > 0, got {noise_scale!r}.")
+    if noise.shape != x.shape:  # would broadcast into the loss of another perturbation, silently
+        raise ValueError(f"denoising_score_matching_loss: noise of shape {tuple(noise.shape)} does not fit x of shape "
+                         f"{tuple(x.shape)}; pass standard normal noise shaped like x.")
     grad, _ = _energy_gradient(energy_fn, torch.add(x, noise, alpha=noise_scale))
     residual = torch.add(grad, noise, alpha=-1.0 / noise_scale)
     return 0.5 * event_sum(residual * residual).mean()

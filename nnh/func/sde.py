@@ -45,19 +45,24 @@ def as_time(t: float | Tensor, like: Tensor | None = None) -> Tensor:
         return t
     if like is None:
         return torch.tensor(float(t))
-    return torch.tensor(float(t), dtype=like.dtype, device=like.device)
+    # An integer x (class labels, pixel counts) would truncate t to 0: time is then a float.
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    return torch.tensor(float(t), dtype=dtype, device=like.device)
 
 
 def per_sample(c: Tensor, x: Tensor) -> Tensor:
     """A 0-d or (B,) coefficient shaped to broadcast against x (B, *event_shape): (B, 1, ..., 1)."""
     if c.dim() == 0:
         return c
+    if c.dim() != 1 or (x.dim() >= 1 and c.shape[0] != x.shape[0]):
+        raise ValueError(f"t of shape {tuple(c.shape)} does not fit x of shape {tuple(x.shape)}; pass a float, "
+                         f"a 0-d tensor or a ({x.shape[0] if x.dim() else 'B'},) tensor.")
     return c.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 def _check_interval(owner: str, T: Any, epsilon: Any) -> None:
-    if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
-        raise ValueError(f"{owner}: T={T!r} must be a number > 0 (the end of the diffusion), e.g. T=1.0.")
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not 0 < T < math.inf:
+        raise ValueError(f"{owner}: T={T!r} must be a finite number > 0 (the end of the diffusion), e.g. T=1.0.")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon < T:
         raise ValueError(f"{owner}: epsilon={epsilon!r} must be a number in [0, T={T}) (where sampling stops), "
                          "e.g. epsilon=1e-5.")
@@ -87,6 +92,10 @@ class _SDE(RecordsInit):
     def prior(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> Independent:
         """N(0, prior_std^2 I) over one sample of `shape`; `log_prob` sums over its dimensions."""
+        if not (isinstance(shape, (tuple, list, torch.Size))
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise ValueError(f"{type(self).__name__}.prior: shape={shape!r} must be a tuple of positive ints, the "
+                             "shape of one sample (its event shape), e.g. (2,) or (3, 32, 32).")
         shape = tuple(shape)
         loc = torch.zeros(shape, device=device, dtype=dtype)
         return Independent(Normal(loc, torch.full_like(loc, self.prior_std), validate_args=False), len(shape))
@@ -111,9 +120,11 @@ class VPSDE(_SDE):
         _check_interval(type(self).__name__, T, epsilon)
         if isinstance(beta_min, bool) or not isinstance(beta_min, (int, float)) or not beta_min >= 0:
             raise ValueError(f"{type(self).__name__}: beta_min={beta_min!r} must be a number >= 0, e.g. 0.1.")
-        if isinstance(beta_max, bool) or not isinstance(beta_max, (int, float)) or not beta_max >= beta_min:
-            raise ValueError(f"{type(self).__name__}: beta_max={beta_max!r} must be a number >= beta_min={beta_min}, "
-                             "e.g. 20.0.")
+        if (isinstance(beta_max, bool) or not isinstance(beta_max, (int, float)) or not beta_max >= beta_min
+                or not 0 < beta_max < math.inf):
+            # beta_max = 0 leaves beta = 0 everywhere: sigma(t) = 0 and every score is a division by 0.
+            raise ValueError(f"{type(self).__name__}: beta_max={beta_max!r} must be a finite number > 0 and "
+                             f">= beta_min={beta_min}, e.g. 20.0.")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.T, self.epsilon = float(T), float(epsilon)
         self.prior_std = 1.0
@@ -175,9 +186,10 @@ class VESDE(_SDE):
         _check_interval(type(self).__name__, T, epsilon)
         if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)) or not sigma_min > 0:
             raise ValueError(f"VESDE: sigma_min={sigma_min!r} must be a number > 0, e.g. 0.01.")
-        if isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float)) or not sigma_max > sigma_min:
-            raise ValueError(f"VESDE: sigma_max={sigma_max!r} must be a number > sigma_min={sigma_min}, e.g. 50.0 "
-                             "(about the largest distance between two data points).")
+        if (isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float)) or not sigma_max > sigma_min
+                or not sigma_max < math.inf):
+            raise ValueError(f"VESDE: sigma_max={sigma_max!r} must be a finite number > sigma_min={sigma_min}, e.g. "
+                             "50.0 (about the largest distance between two data points).")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.T, self.epsilon = float(T), float(epsilon)
         self.prior_std = self.sigma_max

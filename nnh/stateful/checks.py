@@ -15,20 +15,20 @@ __all__ = ["check_device", "check_logger_level", "check_flag", "build_optimizer_
            "check_scheduler_class", "check_loss_fn", "check_dataset", "check_path", "check_module"]
 
 
-def check_device(device: Any) -> torch.device:
-    """`device` as a torch.device that this machine has."""
+def check_device(device: Any, owner: str = "NNHandler") -> torch.device:
+    """`device` as a torch.device that this machine has; errors start with `owner`."""
     if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
-        raise TypeError(f"NNHandler: device={device!r} must be a str or torch.device, e.g. 'cpu' or 'cuda:0'.")
+        raise TypeError(f"{owner}: device={device!r} must be a str or torch.device, e.g. 'cpu' or 'cuda:0'.")
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"NNHandler: device={device!r} is not a device name ({exc}); use 'cpu', 'cuda' or "
+        raise ValueError(f"{owner}: device={device!r} is not a device name ({exc}); use 'cpu', 'cuda' or "
                          "'cuda:0'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"NNHandler: device={device!r} but CUDA is not available on this machine; use "
+        raise ValueError(f"{owner}: device={device!r} but CUDA is not available on this machine; use "
                          "device='cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"NNHandler: device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
+        raise ValueError(f"{owner}: device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
                          "device(s).")
     return dev
 

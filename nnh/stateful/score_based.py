@@ -27,6 +27,7 @@ from nnh.func.sampling import (euler_maruyama_step, langevin_corrector_step, pro
                                probability_flow_step)
 from nnh.func.score import model_score
 from nnh.stateful._dtype import resolve_dtype
+from nnh.stateful.checks import check_flag
 
 __all__ = ["SDE_MEMBERS", "check_sde", "build_sde", "score", "sample", "log_likelihood", "on_main"]
 
@@ -54,9 +55,9 @@ def check_sde(sde: Any, owner: str = "handler.sde") -> Any:
         T, eps = float(sde.T), float(sde.epsilon)
     except (TypeError, ValueError):
         T, eps = math.nan, math.nan
-    if not 0 <= eps < T:
+    if not 0 <= eps < T < math.inf:
         raise ValueError(f"{owner}: {type(sde).__name__} has T={sde.T!r}, epsilon={sde.epsilon!r}; they must be "
-                         "numbers with 0 <= epsilon < T.")
+                         "finite numbers with 0 <= epsilon < T.")
     return sde
 
 
@@ -120,6 +121,15 @@ def _check_int(who: str, name: str, value: Any, low: int) -> None:
         raise ValueError(f"{who}: {name}={value!r} must be an int >= {low}.")
 
 
+# The defaults of sample's SDE-only arguments: anything else is refused on the custom sampler's path.
+_SDE_SAMPLING_DEFAULTS = {"shape": None, "steps": None, "condition": None, "likelihood_score_fn": None,
+                          "guidance_factor": 1.0, "method": "euler_maruyama", "corrector_steps": 0, "snr": 0.16}
+
+
+def _differs(value: Any, default: Any) -> bool:
+    return value is not default and not (type(value) is type(default) and value == default)
+
+
 def _check_number(who: str, name: str, value: Any, positive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
             positive and not value > 0):
@@ -132,6 +142,8 @@ def score(handler: Any, t: float | Tensor, x: Tensor, *args: Any) -> Tensor:
     ``t`` is a float, a 0-d tensor or a (B,) tensor; the model always receives t of shape (B,).
     Gradients flow (call it under `torch.no_grad()` when none are needed).
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"score: x must be a tensor of shape (B, *event_shape), got {type(x).__name__}.")
     return model_score(handler.model, _require_sde(handler, "score"), t, x, *args)
 
 
@@ -143,7 +155,12 @@ def _guided_score(handler: Any, sde: Any, condition: tuple[Any, ...], likelihood
         s = model_score(net, sde, t, x, *condition)
         if likelihood_score_fn is not None:
             with torch.enable_grad():  # a likelihood score may differentiate a forward model
-                s = s + guidance_factor * likelihood_score_fn(t, x).detach()
+                guide = likelihood_score_fn(t, x)
+            if not isinstance(guide, Tensor) or guide.shape != x.shape:  # would broadcast into a wrong score
+                got = tuple(guide.shape) if isinstance(guide, Tensor) else type(guide).__name__
+                raise ValueError(f"sample: likelihood_score_fn(t, x) returned {got} for x of shape {tuple(x.shape)}; "
+                                 "it must return a score shaped like x.")
+            s = s + guidance_factor * guide.detach()
         return s
 
     return score_fn
@@ -178,9 +195,18 @@ def sample(handler: Any, shape: Sequence[int] | int | None = None, steps: int | 
     refresh, so the loop never waits for the device at every step.
 
     ``sample(N=16)`` (or ``sample(16)`` when no SDE is set) draws from the custom sampler
-    instead (`set_sampler`), on `device`. Runs on rank 0 only; other ranks get None.
+    instead (`set_sampler`), on `device`; the arguments of SDE sampling (`steps`, `method`...)
+    are refused there, and `device` is refused for SDE sampling, which runs on the handler's
+    device. Runs on rank 0 only; other ranks get None.
     """
     if N is not None or (handler.sde is None and isinstance(shape, int) and not isinstance(shape, bool)):
+        given = {"shape": shape if N is not None else None, "steps": steps, "condition": condition,
+                 "likelihood_score_fn": likelihood_score_fn, "guidance_factor": guidance_factor, "method": method,
+                 "corrector_steps": corrector_steps, "snr": snr}
+        ignored = [f"{k}={v!r}" for k, v in given.items() if _differs(v, _SDE_SAMPLING_DEFAULTS[k])]
+        if ignored:
+            raise ValueError(f"sample: {', '.join(ignored)} apply to reverse-SDE sampling, not to the custom sampler "
+                             "that sample(N=...) draws from; call handler.sample(shape, steps, ...) for the SDE.")
         return handler.get_samples(shape if N is None else N, device)
     if handler.sde is None:
         raise TypeError("sample: no SDE is set; call handler.set_sde(nnh.VPSDE) for reverse-SDE sampling, or "
@@ -190,8 +216,14 @@ def sample(handler: Any, shape: Sequence[int] | int | None = None, steps: int | 
             and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
         raise ValueError(f"sample: shape={shape!r} must be a tuple of positive ints (batch, *event_shape), "
                          "e.g. (64, 2).")
+    if device is not None:
+        raise ValueError(f"sample: device={device!r} applies to the custom sampler (sample(N=...)); reverse-SDE "
+                         f"sampling runs on the handler's device ({handler.device}): move the handler with "
+                         "handler.to(device).")
     _check_int("sample", "steps", steps, 1)
     _check_int("sample", "corrector_steps", corrector_steps, 0)
+    for name, flag in (("apply_ema", apply_ema), ("bar", bar), ("stop_on_NaN", stop_on_NaN)):
+        check_flag("sample", name, flag)
     _check_number("sample", "guidance_factor", guidance_factor)
     _check_number("sample", "snr", snr, positive=True)
     if method not in SAMPLING_METHODS:
@@ -299,6 +331,11 @@ def log_likelihood(handler: Any, x: Tensor, *args: Any, ode_steps: int, n_cotang
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"log_likelihood: x must be a tensor of shape (B, *event_shape) with B >= 1, got "
                          f"{type(x).__name__}{tuple(x.shape) if isinstance(x, Tensor) else ''}.")
+    if not x.is_floating_point():
+        raise ValueError(f"log_likelihood: x has dtype {x.dtype}; the likelihood is a density of real-valued "
+                         "points: pass x.float() (dequantised, see nnh.func.bits_per_dim).")
+    for name, flag in (("apply_ema", apply_ema), ("pbar", pbar)):
+        check_flag("log_likelihood", name, flag)
     _check_int("log_likelihood", "ode_steps", ode_steps, 1)
     _check_int("log_likelihood", "n_cotangent_vectors", n_cotangent_vectors, 1)
     if not isinstance(noise_type, str) or noise_type.lower() not in ("rademacher", "gaussian"):
@@ -309,9 +346,15 @@ def log_likelihood(handler: Any, x: Tensor, *args: Any, ode_steps: int, n_cotang
     t1 = float(sde.T) if t1 is None else t1
     _check_number("log_likelihood", "t0", t0)
     _check_number("log_likelihood", "t1", t1)
-    if not 0 <= t0 < t1:
-        raise ValueError(f"log_likelihood: t0={t0!r}, t1={t1!r}; they must satisfy 0 <= t0 < t1 (defaults: "
-                         f"epsilon={sde.epsilon}, T={sde.T}).")
+    if not 0 <= t0 < t1 <= float(sde.T):
+        raise ValueError(f"log_likelihood: t0={t0!r}, t1={t1!r}; they must satisfy 0 <= t0 < t1 <= T={sde.T} "
+                         f"(defaults: epsilon={sde.epsilon}, T={sde.T}); past T the prior at T is not p_t1.")
+    # sigma in the dtype the ODE runs in (x's), read once a call.
+    sigma_t0 = float(sde.sigma(torch.full((1,), float(t0), dtype=x.dtype, device=handler.device)).reshape(-1)[0])
+    if not sigma_t0 > 0:
+        raise ValueError(f"log_likelihood: sigma(t0={t0!r}) = {sigma_t0} for {type(sde).__name__}: the score, "
+                         "net / sigma(t), is not defined there; start at t0 > 0, e.g. the default t0=epsilon with "
+                         "epsilon > 0 (1e-5).")
 
     def work() -> Tensor:
         dev = handler.device

@@ -136,3 +136,11 @@ def test_linear_and_decreasing_diffusions():
 def test_interpolants_repr_their_class_and_numbers():
     assert repr(CosineInterpolant()) == "CosineInterpolant()"
     assert repr(VariancePreservingInterpolant(0.2, 15)) == "VariancePreservingInterpolant(sigma_min=0.2, sigma_max=15.0)"
+
+
+@pytest.mark.parametrize("norm", [-1.0, float("nan"), float("inf")])
+def test_diffusion_coefficient_refuses_a_norm_that_is_not_finite_and_non_negative(norm):
+    # A negative norm gave w < 0 and NaN noise sqrt(2w); nan and inf gave NaN states.
+    x, t = torch.zeros(4, 2), torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match=r"^diffusion_coefficient: norm must be finite and >= 0, got"):
+        diffusion_coefficient("constant", x, t, LinearInterpolant(), norm)

@@ -41,7 +41,7 @@ def test_bits_per_dim():
     assert (bits_per_dim(logp, 3, 2 / 256) - bits_per_dim(logp, 3)).item() == pytest.approx(7.0)
     with pytest.raises(ValueError, match="n_dims=0 must be an int >= 1"):
         bits_per_dim(logp, 0)
-    with pytest.raises(ValueError, match="bin_width=0 must be > 0"):
+    with pytest.raises(ValueError, match="bin_width=0 must be a finite number > 0"):
         bits_per_dim(logp, 3, 0)
 
 
@@ -79,3 +79,11 @@ def test_bits_per_dim_takes_one_dimension_and_refuses_non_ints():
     for bad in (True, 3.0):
         with pytest.raises(ValueError, match=f"n_dims={bad!r} must be an int >= 1"):
             bits_per_dim(logp, bad)
+
+
+@pytest.mark.parametrize("width", [math.inf, "a", True, torch.ones(2)], ids=["inf", "str", "bool", "2-tensor"])
+def test_bits_per_dim_names_a_bin_width_that_is_not_a_finite_positive_number(width):
+    # inf gave -inf bits silently; a str failed on '>' without naming the argument.
+    with pytest.raises(ValueError, match=r"^bits_per_dim: bin_width=.* must be a finite number > 0"):
+        bits_per_dim(torch.zeros(3), 2, width)
+    assert bits_per_dim(torch.zeros(3), 2, torch.tensor(0.5)).tolist() == [1.0, 1.0, 1.0]  # a 0-d tensor still works

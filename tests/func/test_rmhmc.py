@@ -223,3 +223,19 @@ def test_refusals_name_the_step():
     b1 = lambda x: (gaussian(x).unsqueeze(-1), gaussian_eg(x)[1])  # noqa: E731
     with pytest.raises(ValueError, match=r"^rmhmc_step: the model must return one energy per chain, shape \(4,\)"):
         rmhmc_step(state, b1, metric, 0.1, 2, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("n_iter", [0, -1, 2.0])
+def test_fixed_point_iterations_below_one_are_refused(n_iter):
+    # n_iter = 0 skipped both implicit solves: every position update returned x itself, and the
+    # chains never moved, silently; a float failed inside range().
+    state = init_chain_state(torch.zeros(4, 2), gaussian_eg)
+    metric = lambda y: torch.eye(2).expand(y.shape[0], 2, 2)  # noqa: E731
+    with pytest.raises(ValueError, match=rf"^rmhmc_step: n_iter={n_iter!r} must be an int >= 1"):
+        rmhmc_step(state, gaussian_eg, metric, 0.1, 2, generator=torch.Generator(), n_iter=n_iter)
+    x, p = torch.zeros(4, 2), torch.ones(4, 2)
+    force, velocity = (lambda y, q: -y), (lambda y, q: q)
+    with pytest.raises(ValueError, match=rf"^generalised_leapfrog: n_iter={n_iter!r} must be an int >= 1"):
+        generalised_leapfrog(x, p, force, velocity, 0.1, 2, n_iter)
+    with pytest.raises(ValueError, match=rf"^generalised_leapfrog: n_steps={n_iter!r} must be an int >= 1"):
+        generalised_leapfrog(x, p, force, velocity, 0.1, n_iter)

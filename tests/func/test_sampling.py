@@ -84,3 +84,20 @@ def test_langevin_corrector_step_by_hand_with_default_alpha_and_a_time_dependent
     x_next, x_mean = langevin_corrector_step(linear_score, t, x, snr=0.16, noise=noise)
     torch.testing.assert_close(x_mean, x + eps * score, rtol=1e-12, atol=0)
     torch.testing.assert_close(x_next, x + eps * score + math.sqrt(2 * eps) * noise, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("call,match", [
+    # dt < 0 gave a complex state (sqrt of a negative float); (4, 1) noise broadcast.
+    (lambda sde, x: euler_maruyama_step(sde, lambda t, y: -y, torch.full((4,), 0.5), x, -0.1, torch.randn_like(x)),
+     r"^euler_maruyama_step: dt must be finite and > 0, got -0.1"),
+    (lambda sde, x: euler_maruyama_step(sde, lambda t, y: -y, torch.full((4,), 0.5), x, 0.1, torch.randn(4, 1)),
+     r"^euler_maruyama_step: noise of shape \(4, 1\) does not fit x of shape \(4, 2\)"),
+    # snr = 0 left x where it was; snr < 0 stepped as |snr|.
+    (lambda sde, x: langevin_corrector_step(lambda t, y: -y, torch.full((4,), 0.5), x, 0.0, torch.randn_like(x)),
+     r"^langevin_corrector_step: snr must be finite and > 0, got 0.0"),
+    (lambda sde, x: langevin_corrector_step(lambda t, y: -y, torch.full((4,), 0.5), x, 0.16, torch.randn(4, 1)),
+     r"^langevin_corrector_step: noise of shape \(4, 1\) does not fit x of shape \(4, 2\)"),
+])
+def test_reverse_steps_name_a_bad_step_snr_or_noise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(VPSDE(), torch.randn(4, 2))

@@ -99,3 +99,34 @@ def test_denoising_score_matching_draws_in_the_dtype_of_the_data():
     torch.testing.assert_close(seen[0][0], t, rtol=0, atol=0)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx((z ** 2).sum().item() / 5, rel=1e-12)
+
+
+@pytest.mark.parametrize("out", [lambda x: x[:, :1], lambda x: x[0]], ids=["(B, 1)", "(D,)"])
+def test_a_network_output_not_shaped_like_x_is_named(out):
+    # Both broadcast against x (B, D): a wrong score, and a wrong loss, with no error.
+    sde, x = VPSDE(), torch.randn(4, 2)
+    net = lambda t, y: out(y)  # noqa: E731
+    with pytest.raises(ValueError, match=r"model_score: the network returned shape \((4, 1|2,)\) for x of shape \(4, 2\)"):
+        model_score(net, sde, 0.5, x)
+    with pytest.raises(ValueError, match=r"dsm_loss: the network returned shape \((4, 1|2,)\) for x of shape \(4, 2\)"):
+        dsm_loss(net, sde, x, torch.rand(4), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"dsm_loss: the network returned shape"):
+        denoising_score_matching(x, sde, net)
+
+
+def test_dsm_loss_refuses_noise_not_shaped_like_the_data():
+    net = lambda t, y: -y  # noqa: E731
+    with pytest.raises(ValueError, match=r"dsm_loss: z of shape \(4, 1\) does not fit x0 of shape \(4, 2\)"):
+        dsm_loss(net, VPSDE(), torch.randn(4, 2), torch.rand(4), torch.randn(4, 1))
+
+
+@pytest.mark.parametrize("x0,sde,error,match", [
+    (torch.ones(4, 2, dtype=torch.long), VPSDE(), ValueError, r"x0 must be a floating-point tensor .* got a torch.int64"),
+    ([[1.0, 2.0]], VPSDE(), ValueError, r"x0 must be a floating-point tensor .* got list"),
+    (torch.tensor(1.0), VPSDE(), ValueError, r"x0 must be a floating-point tensor .* shape \(\)"),
+    (torch.randn(4, 2), None, TypeError, r"sde=None must be an SDE"),
+])
+def test_denoising_score_matching_names_bad_data_and_sde(x0, sde, error, match):
+    # Before: NotImplementedError from torch.rand on int64, AttributeError / IndexError.
+    with pytest.raises(error, match=r"^denoising_score_matching: " + match):
+        denoising_score_matching(x0, sde, lambda t, y: -y)

@@ -114,8 +114,17 @@ def test_errors():
         projection_probes(2, x, "cube")
     with pytest.raises(ValueError, match=r"the energy must have shape \(4,\)"):
         denoising_score_matching_loss(lambda y: y, x, x, 0.1)
-    with pytest.raises(ValueError, match="noise_scale must be > 0"):
+    with pytest.raises(ValueError, match="noise_scale must be finite and > 0, got 0.0"):
         denoising_score_matching_loss(lambda y: y.sum(1), x, x, 0.0)
+
+
+def test_denoising_loss_names_an_infinite_scale_and_noise_not_shaped_like_x():
+    # inf gave a NaN loss; (4, 1) noise broadcast into the loss of another perturbation.
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match=r"^denoising_score_matching_loss: noise_scale must be finite and > 0, got inf"):
+        denoising_score_matching_loss(lambda y: y.sum(1), x, x, math.inf)
+    with pytest.raises(ValueError, match=r"^denoising_score_matching_loss: noise of shape \(4, 1\) does not fit x of shape \(4, 2\)"):
+        denoising_score_matching_loss(lambda y: y.sum(1), x, torch.zeros(4, 1), 0.1)
 
 
 def test_projection_probes_are_rademacher_by_default():

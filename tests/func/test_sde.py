@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -49,6 +50,26 @@ def test_as_time_takes_the_dtype_of_like():
     assert as_time(0.1).dtype == torch.float32
     t = torch.tensor(0.25)
     assert as_time(t, x) is t
+
+
+def test_a_float_time_against_integer_data_stays_a_float():
+    # as_time(0.5, x) took x's int64 and truncated t to 0: mean x, std 0, silently.
+    x = torch.ones(4, 2, dtype=torch.long)
+    assert as_time(0.5, x).dtype == torch.get_default_dtype() and as_time(0.5, x).item() == 0.5
+    mean, std = VPSDE().marginal_prob(0.5, x)
+    want_mean, want_std = VPSDE().marginal_prob(0.5, x.float())
+    assert torch.equal(mean, want_mean) and torch.equal(std, want_std) and std.item() > 0
+
+
+@pytest.mark.parametrize("make", ALL.values(), ids=ALL.keys())
+@pytest.mark.parametrize("t", [torch.rand(3), torch.rand(4, 2)], ids=["(3,)", "(4, 2)"])
+def test_a_time_that_does_not_fit_the_batch_is_named(make, t):
+    # A (3,) t against 4 samples broadcast into a (3, 1) diffusion, or failed inside torch.
+    sde, x = make(), torch.randn(4, 2)
+    match = rf"t of shape {re.escape(str(tuple(t.shape)))} does not fit x of shape \(4, 2\)"
+    for call in (sde.marginal_prob, sde.diffusion) + ((sde.drift,) if isinstance(sde, VPSDE) else ()):
+        with pytest.raises(ValueError, match=match):
+            call(t, x)
 
 
 @pytest.mark.parametrize("make", ALL.values(), ids=ALL.keys())
@@ -121,17 +142,22 @@ def test_prior_log_prob_of_a_non_finite_point_is_nan_not_an_error():
     (lambda: VPSDE(beta_min=1.0, beta_max=0.5), "beta_max=0.5"),
     (lambda: VESDE(sigma_min=0.0), "sigma_min=0.0"),
     (lambda: VESDE(sigma_min=1.0, sigma_max=1.0), "sigma_max=1.0"),
-    (lambda: SubVPSDE(T=0.0), "^SubVPSDE: T=0.0 must be a number > 0"),
-    (lambda: VPSDE(T=-1.0), "^VPSDE: T=-1.0 must be a number > 0"),
-    (lambda: VESDE(T=True), "^VESDE: T=True must be a number > 0"),
-    (lambda: VPSDE(T="1"), "^VPSDE: T='1' must be a number > 0"),
+    (lambda: SubVPSDE(T=0.0), "^SubVPSDE: T=0.0 must be a finite number > 0"),
+    (lambda: VPSDE(T=-1.0), "^VPSDE: T=-1.0 must be a finite number > 0"),
+    (lambda: VESDE(T=True), "^VESDE: T=True must be a finite number > 0"),
+    (lambda: VPSDE(T="1"), "^VPSDE: T='1' must be a finite number > 0"),
     (lambda: VPSDE(epsilon=1.0), r"^VPSDE: epsilon=1.0 must be a number in \[0, T=1.0\)"),
     (lambda: VESDE(epsilon=-0.1), r"^VESDE: epsilon=-0.1 must be a number in \[0, T=1.0\)"),
     (lambda: VPSDE(T=2.0, epsilon=True), r"^VPSDE: epsilon=True must be a number in \[0, T=2.0\)"),
     (lambda: VPSDE(beta_min=True), "beta_min=True must be a number >= 0"),
-    (lambda: VPSDE(beta_max=True), "beta_max=True must be a number >= beta_min"),
+    (lambda: VPSDE(beta_max=True), "beta_max=True must be a finite number > 0 and >= beta_min"),
     (lambda: VESDE(sigma_min=True), "sigma_min=True must be a number > 0"),
-    (lambda: VESDE(sigma_max=True), "sigma_max=True must be a number > sigma_min"),
+    (lambda: VESDE(sigma_max=True), "sigma_max=True must be a finite number > sigma_min"),
+    # Infinite ends, and a VP SDE whose beta is 0 everywhere (sigma(t) = 0, every score a 0 / 0).
+    (lambda: VPSDE(beta_max=math.inf), "^VPSDE: beta_max=inf must be a finite number > 0"),
+    (lambda: SubVPSDE(beta_min=0.0, beta_max=0.0), "^SubVPSDE: beta_max=0.0 must be a finite number > 0"),
+    (lambda: VPSDE(T=math.inf), "^VPSDE: T=inf must be a finite number > 0"),
+    (lambda: VESDE(sigma_max=math.inf), "^VESDE: sigma_max=inf must be a finite number > sigma_min"),
 ])
 def test_bad_constructor_arguments_are_named(make, match):
     with pytest.raises(ValueError, match=match):
@@ -156,3 +182,12 @@ def test_stored_as_import_path_and_arguments():
     back = decode_value(data)
     assert type(back) is VESDE and (back.sigma_min, back.sigma_max, back.epsilon, back.T) == (0.05, 25.0, 1e-3, 1.0)
     assert repr(back) == "VESDE(0.05, sigma_max=25.0, epsilon=0.001)"
+
+
+@pytest.mark.parametrize("shape", [5, (-1,), (0, 2), ("a",), (2.0,)])
+def test_prior_names_a_shape_that_is_not_a_tuple_of_positive_ints(shape):
+    # int: "'int' object is not iterable"; (-1,): torch's "Dimension size must be non-negative";
+    # (0, 2): an empty distribution, silently.
+    with pytest.raises(ValueError, match=r"^VESDE.prior: shape=.* must be a tuple of positive ints"):
+        VESDE().prior(shape)
+    assert VPSDE().prior(()).sample((3,)).shape == (3,) and VPSDE().prior(torch.Size([2])).event_shape == (2,)

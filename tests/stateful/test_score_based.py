@@ -65,6 +65,9 @@ def test_set_sde_and_assigning_an_sde_make_the_handler_score_based():
     (lambda h: setattr(h, "sde", object()), TypeError, r"object object lacks \['T', 'epsilon', 'sigma', "
                                                      r"'marginal_prob', 'drift', 'diffusion', 'prior'\]"),
     (lambda h: setattr(h, "sde", ToySDE(epsilon=2.0)), ValueError, r"T=1.0, epsilon=2.0"),
+    # An infinite T passed, and sampling stepped by (T - epsilon) / steps = inf into NaN.
+    (lambda h: setattr(h, "sde", ToySDE(T=math.inf)), ValueError,
+     r"^handler.sde: ToySDE has T=inf, epsilon=0.001; they must be finite numbers with 0 <= epsilon < T"),
 ])
 def test_a_refused_sde_names_the_problem_and_changes_nothing(call, error, match):
     h = NNHandler(TimeNet, model_type="regression")
@@ -108,12 +111,75 @@ def test_sample_n_reaches_the_custom_sampler_with_or_without_an_sde():
     ({"shape": (8, 2), "steps": 10, "corrector_steps": -1}, r"corrector_steps=-1 must be an int >= 0"),
     ({"shape": (8, 2), "steps": 10, "guidance_factor": math.nan}, r"guidance_factor=nan"),
     ({"shape": (8, 2), "steps": 10, "condition": {"c": 1}}, r"condition must be a list or tuple"),
+    # Non-bool flags were read by truth value ("no" is True); device was ignored by the SDE path.
+    ({"shape": (8, 2), "steps": 10, "apply_ema": "no"}, r"^sample: apply_ema='no' must be True or False"),
+    ({"shape": (8, 2), "steps": 10, "stop_on_NaN": None}, r"^sample: stop_on_NaN=None must be True or False"),
+    ({"shape": (8, 2), "steps": 10, "device": "cuda"}, r"^sample: device='cuda' applies to the custom sampler"),
 ])
 def test_sample_refuses_bad_arguments(kwargs, match):
     h = NNHandler(TimeNet)
     h.set_sde(nnh.VPSDE)
     with pytest.raises((ValueError, TypeError), match=match):
         h.sample(bar=False, **kwargs)
+
+
+def test_sample_refuses_a_non_bool_bar():
+    h = NNHandler(TimeNet)
+    h.set_sde(nnh.VPSDE)
+    with pytest.raises(TypeError, match=r"^sample: bar='no' must be True or False"):
+        h.sample((8, 2), 10, bar="no")
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    ({"N": 4, "steps": 10}, "steps=10"),
+    ({"N": 4, "shape": (4, 2)}, r"shape=\(4, 2\)"),
+    ({"N": 4, "method": "probability_flow", "corrector_steps": 2}, "method='probability_flow', corrector_steps=2"),
+    ({"N": 4, "guidance_factor": 2.0}, "guidance_factor=2.0"),
+    ({"shape": 4, "steps": 10}, "steps=10"),  # no SDE: sample(4, 10) is the custom sampler's
+])
+def test_the_custom_sampler_path_refuses_the_arguments_of_sde_sampling(kwargs, named):
+    # They were silently ignored: sample(N=4, steps=10) drew from the custom sampler without steps.
+    h = NNHandler(TimeNet)
+    h.set_sampler(ConstantSampler, value=3.0)
+    if "N" in kwargs:
+        h.set_sde(nnh.VPSDE)
+    with pytest.raises(ValueError, match=rf"^sample: {named} apply to reverse-SDE sampling"):
+        h.sample(**kwargs)
+    assert h.sample(N=4, guidance_factor=1.0, method="euler_maruyama").shape == (4, 2)  # the defaults pass
+
+
+@pytest.mark.parametrize("fn", [lambda t, x: x[:, :1], lambda t, x: x[0], lambda t, x: 0.0],
+                         ids=["(B, 1)", "(D,)", "float"])
+def test_a_likelihood_score_not_shaped_like_x_is_named(fn):
+    # A (B, 1) or (D,) guidance term broadcast into a wrong score without an error.
+    h = NNHandler(TimeNet)
+    h.set_sde(nnh.VPSDE)
+    with pytest.raises(ValueError, match=r"^sample: likelihood_score_fn\(t, x\) returned .* for x of shape \(8, 2\)"):
+        h.sample((8, 2), 3, likelihood_score_fn=fn, bar=False)
+
+
+class HalfNet(TimeNet):
+    def forward(self, t, x, *cond, **kw):
+        return super().forward(t, x)[:, :1]
+
+
+def test_a_network_output_not_shaped_like_x_is_named_by_sample_score_and_log_likelihood():
+    h = NNHandler(HalfNet)
+    h.set_sde(nnh.VPSDE)
+    match = r"the network returned shape \(8, 1\) for x of shape \(8, 2\)"
+    with pytest.raises(ValueError, match=match):
+        h.sample((8, 2), 3, bar=False)
+    with pytest.raises(ValueError, match=match):
+        h.score(0.5, torch.zeros(8, 2))
+    with pytest.raises(ValueError, match=match):
+        h.log_likelihood(torch.zeros(8, 2), ode_steps=2)
+
+
+def test_score_refuses_x_that_is_not_a_tensor():
+    h = NNHandler(TimeNet)
+    h.set_sde(nnh.VPSDE)
+    with pytest.raises(TypeError, match=r"^score: x must be a tensor of shape \(B, \*event_shape\), got list"):
+        h.score(0.5, [[0.0, 1.0]])
 
 
 def test_condition_reaches_the_model():
@@ -230,12 +296,35 @@ def test_log_likelihood_for_any_batch_and_number_of_probes(batch, k, noise_type)
     ({"ode_steps": 5, "noise_type": "normal"}, r"noise_type='normal' must be 'rademacher' or 'gaussian'"),
     ({"ode_steps": 5, "method": "dopri5"}, r"method='dopri5' must be 'Euler', 'Heun' or 'RK4'"),
     ({"ode_steps": 5, "t0": 0.5, "t1": 0.2}, r"t0=0.5, t1=0.2; they must satisfy 0 <= t0 < t1"),
+    # Past T the prior at T is not p_t1: a wrong likelihood, silently.
+    ({"ode_steps": 5, "t1": 5.0}, r"t0=1e-05, t1=5.0; they must satisfy 0 <= t0 < t1 <= T=1.0"),
+    # sigma(0) = 0 for a VP SDE: net / sigma was inf or NaN.
+    ({"ode_steps": 5, "t0": 0.0}, r"^log_likelihood: sigma\(t0=0.0\) = 0.0 for VPSDE"),
 ])
 def test_log_likelihood_refuses_bad_arguments(kwargs, match):
     h = NNHandler(TimeNet)
     h.set_sde(nnh.VPSDE)
     with pytest.raises(ValueError, match=match):
         h.log_likelihood(torch.zeros(2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("x,kwargs,error,match", [
+    (torch.zeros(2, 2, dtype=torch.long), {}, ValueError, r"^log_likelihood: x has dtype torch.int64"),
+    (torch.zeros(2, 2), {"apply_ema": "no"}, TypeError, r"^log_likelihood: apply_ema='no' must be True or False"),
+    (torch.zeros(2, 2), {"pbar": 1}, TypeError, r"^log_likelihood: pbar=1 must be True or False"),
+])
+def test_log_likelihood_names_integer_data_and_non_bool_flags(x, kwargs, error, match):
+    # Integer x failed deep in autograd ("only Tensors of floating point dtype can require gradients").
+    h = NNHandler(TimeNet)
+    h.set_sde(nnh.VPSDE)
+    with pytest.raises(error, match=match):
+        h.log_likelihood(x, ode_steps=2, **kwargs)
+
+
+def test_log_likelihood_from_t0_0_is_allowed_where_sigma_0_is_positive():
+    h = NNHandler(TimeNet)
+    h.set_sde(nnh.VESDE)  # sigma(0) = sigma_min
+    assert torch.isfinite(h.log_likelihood(torch.zeros(2, 2), ode_steps=2, t0=0.0)).all()
 
 
 # ---------------------------------------------------------------- checkpoints

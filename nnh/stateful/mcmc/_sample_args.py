@@ -66,8 +66,9 @@ def initial_state(sampler: Any, n: int | None, device: Any, x: Tensor | None, di
     device, or N(0, I) draws of the event shape ``dim`` (the call's, the sampler's, the model's)."""
     owner = f"{type(sampler).__name__}.sample"
     if x is not None:
-        if x.ndim < 1:
-            raise ValueError(f"{owner}: x must be a tensor of shape (B, *event_shape), got a 0-d tensor.")
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"{owner}: x must be a tensor of shape (B, *event_shape) with B >= 1 chains, got shape "
+                             f"{tuple(x.shape)}.")
         if n is not None and n != x.shape[0]:
             raise ValueError(f"{owner}: N={n} but x has {x.shape[0]} chains; pass one of them.")
         target = device if device is not None else (sampler.device if sampler.device is not None else x.device)

@@ -32,6 +32,7 @@ from nnh.func.energy_grad import conditioned_energy_and_grad
 from nnh.func.mcmc import ChainState, StepInfo, event_sum, init_chain_state, reject_nonfinite
 from nnh.func.mcmc import _check_energy_shape  # the one wording of the (B,) energy error
 from nnh.stateful._dtype import resolve_dtype
+from nnh.stateful.checks import check_device, check_flag
 from nnh.stateful.mcmc._sample_args import count as _count
 from nnh.stateful.mcmc._sample_args import event_shape as _event_shape
 from nnh.stateful.mcmc._sample_args import initial_state, merge_condition, resolve_call_form
@@ -87,7 +88,7 @@ class BaseSampler(Schedulable, Sampler):
             raise TypeError(f"{owner}: model must be an nn.Module or callable returning (B,) energies, got {model!r}.")
         self.model = model
         self.dtype = resolve_dtype(owner, dtype, model)
-        self.device = torch.device(device) if device is not None else None
+        self.device = check_device(device, owner) if device is not None else None
         self.dim = _event_shape(owner, dim)
         self.n_steps = _count(owner, "n_steps", n_steps)
         self._init_schedulers()
@@ -126,9 +127,9 @@ class BaseSampler(Schedulable, Sampler):
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "BaseSampler":
         """Set the device and dtype of future chains (the model is not moved)."""
         if device is not None:
-            self.device = torch.device(device)
+            self.device = check_device(device, f"{type(self).__name__}.to")
         if dtype is not None:
-            self.dtype = dtype
+            self.dtype = resolve_dtype(f"{type(self).__name__}.to", dtype, self.model)
         return self
 
     # -- hooks for subclasses ----------------------------------------------------------------
@@ -251,6 +252,14 @@ class BaseSampler(Schedulable, Sampler):
         if type(self)._transition is BaseSampler._transition and type(self)._run is BaseSampler._run:
             raise _no_transition(type(self).__name__)  # before any model evaluation
         x, dim, n, device = resolve_call_form(owner, x, dim, N, device)
+        if device is not None:
+            device = check_device(device, owner)
+        for name, flag in (("return_trajectory", return_trajectory), ("return_diagnostics", return_diagnostics),
+                           ("reset_schedulers", reset_schedulers)):
+            check_flag(owner, name, flag)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{owner}: generator={generator!r} must be a torch.Generator or None, e.g. "
+                            "torch.Generator().manual_seed(0).")
         n_steps = self.n_steps if n_steps is None else _count(owner, "n_steps", n_steps)
         thin = _count(owner, "thin", thin)
         if thin > n_steps:

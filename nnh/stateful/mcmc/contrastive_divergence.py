@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from nnh.stateful.checks import check_flag
 from nnh.stateful.mcmc._sample_args import merge_condition
 from nnh.stateful.mcmc.losses import BaseContrastiveDivergence
 
@@ -81,7 +82,8 @@ class ContrastiveDivergence(BaseContrastiveDivergence):
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"{owner}: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
         self.energy_reg_weight = float(energy_reg_weight)
-        self.add_noise_to_real = bool(add_noise_to_real)
+        check_flag(owner, "add_noise_to_real", add_noise_to_real)
+        self.add_noise_to_real = add_noise_to_real
         self.noise_scale = float(noise_scale)
         self.on_nonfinite = on_nonfinite
 
@@ -94,7 +96,7 @@ class ContrastiveDivergence(BaseContrastiveDivergence):
             positive_energy, x = args
         else:
             raise TypeError(f"{type(self).__name__}: call as cd(x) or cd(energies, x), got {len(args)} positional arguments.")
-        x = self._placed(x.detach())
+        x = self._placed(x).detach()
         mk = merge_condition(type(self).__name__, model_kwargs, y, x.device)
         starts, slots = self._chain_starts(x, generator)
         negatives = self._sample(starts, self.k_steps, mk, generator)

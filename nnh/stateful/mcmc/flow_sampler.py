@@ -3,6 +3,7 @@ r"""`FlowSampler`: sampling flow-matching and diffusion models along an interpol
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any, Callable
 
 import torch
@@ -22,10 +23,16 @@ from nnh.func.flow import (
 from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
 from nnh.stateful.mcmc.integrators import BaseRungeKuttaIntegrator, BaseSDERungeKuttaIntegrator, resolve_integrator
 from nnh.stateful.mcmc.schedulable import scheduled_property
+from nnh.stateful.checks import check_flag
 
 __all__ = ["FlowSampler", "PredictionType"]
 
 _UNSET: Any = object()
+
+
+def _finite_number(value: Any, low: float, high: float) -> bool:
+    """``value`` is an int or float (not a bool) in [low, high)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value < high
 _LAST_STEPS = ("Mean", "Euler", "Tweedie", None)
 
 
@@ -101,7 +108,7 @@ class FlowSampler(BaseSampler):
         self.interpolant = get_interpolant(interpolant)
         self.register_scheduler("train_eps", train_eps, positive=False)
         self.register_scheduler("sample_eps", sample_eps, positive=False)
-        self.negate_velocity = bool(negate_velocity)
+        self.negate_velocity = negate_velocity
         if mode == "ode":
             given = [name for name, value in (("diffusion_form", diffusion_form), ("diffusion_norm", diffusion_norm),
                                               ("last_step_size", last_step_size)) if value is not None]
@@ -114,11 +121,22 @@ class FlowSampler(BaseSampler):
                 raise ValueError(f"{owner}: reverse=True integrates the ODE only; use mode='ode'.")
             self.diffusion_form = "SBDM" if diffusion_form is None else diffusion_form
             diffusion_coefficient(self.diffusion_form, torch.zeros(1, 1), torch.full((1,), 0.5), self.interpolant)
+            if diffusion_norm is not None and not _finite_number(diffusion_norm, 0.0, math.inf):
+                raise ValueError(f"{owner}: diffusion_norm={diffusion_norm!r} must be a finite number >= 0 (it scales "
+                                 "w(t), and the noise is sqrt(2 w)), e.g. 1.0.")
             self.diffusion_norm = 1.0 if diffusion_norm is None else float(diffusion_norm)
             self.last_step = "Mean" if last_step is _UNSET else last_step
             if self.last_step not in _LAST_STEPS:
                 raise ValueError(f"{owner}: last_step must be one of {list(_LAST_STEPS)}, got {self.last_step!r}.")
+            if last_step_size is not None and self.last_step is None:
+                raise ValueError(f"{owner}: last_step_size={last_step_size!r} is the size of the last step, but "
+                                 "last_step=None takes none; drop one of them.")
+            if last_step_size is not None and not _finite_number(last_step_size, 0.0, 1.0):
+                raise ValueError(f"{owner}: last_step_size={last_step_size!r} must be a number in [0, 1) (the "
+                                 "integration stops at t1 = 1 - last_step_size), e.g. 0.04.")
             self.last_step_size = 0.0 if self.last_step is None else (0.04 if last_step_size is None else float(last_step_size))
+        for name, flag in (("negate_velocity", negate_velocity), ("reverse", reverse)):
+            check_flag(owner, name, flag)
         self.reverse = bool(reverse)
         family = BaseRungeKuttaIntegrator if mode == "ode" else BaseSDERungeKuttaIntegrator
         self.integrator = resolve_integrator(integrator, default="rk4" if mode == "ode" else "euler_maruyama",
@@ -130,9 +148,11 @@ class FlowSampler(BaseSampler):
     # -- the dynamics --------------------------------------------------------------------------
 
     def _output(self, x: Tensor, t: Tensor, model_kwargs: dict[str, Any]) -> Tensor:
-        if self.negate_velocity:
-            return -self.model(x, torch.zeros_like(t), **model_kwargs)
-        return self.model(x, t, **model_kwargs)
+        out = self.model(x, torch.zeros_like(t) if self.negate_velocity else t, **model_kwargs)
+        if out.shape != x.shape:  # a (B, 1) or (D,) output would broadcast into a wrong drift
+            raise ValueError(f"{type(self).__name__}.sample: the model returned shape {tuple(out.shape)} for x of shape "
+                             f"{tuple(x.shape)}; model(x, t) must return its {self.prediction_type.value} shaped like x.")
+        return -out if self.negate_velocity else out
 
     def _velocity_and_score(self, x: Tensor, t: Tensor, model_kwargs: dict[str, Any], need_score: bool):
         out = self._output(x, t, model_kwargs)
@@ -187,6 +207,10 @@ class FlowSampler(BaseSampler):
     def _run(self, x: Tensor, n_steps: int, thin: int, return_trajectory: bool, return_diagnostics: bool,
              generator: torch.Generator | None, model_kwargs: dict[str, Any]) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         t0, t1 = self._interval()
+        if not t0 < t1:  # a margin of 1/2 or more ran the integration backwards, or not at all
+            raise ValueError(f"{type(self).__name__}.sample: the time interval [t0, t1] = [{t0}, {t1}] is empty; "
+                             f"sample_eps={self.sample_eps}{f' and last_step_size={self.last_step_size}' if self.mode == 'sde' else ''} "
+                             "must leave t0 < t1 (e.g. sample_eps=1e-3).")
         grid = torch.linspace(t0, t1, n_steps + 1, dtype=x.dtype, device=x.device)
         dt = (t1 - t0) / n_steps  # a Python float: the updates fuse x + dt k into one kernel
         if self.reverse:

@@ -23,6 +23,7 @@ against other libraries, and the state's own device and dtype are used.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -127,6 +128,11 @@ class BaseSDERungeKuttaIntegrator(BaseRungeKuttaIntegrator):
         d = diffusion if diffusion is not None else (None if noise_scale is None else noise_scale**2)
         if d is None:
             return {"x": x_new}
+        # sqrt(2 D h) of a negative Python number is complex: the state became a complex tensor, silently.
+        for name, value in (("step_size", step_size), ("diffusion", d)):
+            if isinstance(value, (int, float)) and not value >= 0:
+                raise ValueError(f"{type(self).__name__}.step: {name}={value!r} with noise must be a number >= 0 "
+                                 "(the noise is sqrt(2 D h)); integrate an SDE forward in time.")
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return {"x": x_new + (2.0 * d * step_size) ** 0.5 * noise}
@@ -267,8 +273,8 @@ class GeneralisedLeapfrogIntegrator(BaseSymplecticIntegrator):
             raise ValueError(f"{owner}: solver_max_iter must be an int >= 1, got {solver_max_iter!r}.")
         if isinstance(solver_check_every, bool) or not isinstance(solver_check_every, int) or solver_check_every < 0:
             raise ValueError(f"{owner}: solver_check_every must be an int >= 0, got {solver_check_every!r}.")
-        if not solver_tol > 0:
-            raise ValueError(f"{owner}: solver_tol must be > 0, got {solver_tol!r}.")
+        if isinstance(solver_tol, bool) or not isinstance(solver_tol, (int, float)) or not 0 < solver_tol < math.inf:
+            raise ValueError(f"{owner}: solver_tol must be a finite number > 0, got {solver_tol!r}.")
         self.solver_max_iter = solver_max_iter
         self.solver_tol = float(solver_tol)
         self.solver_check_every = solver_check_every

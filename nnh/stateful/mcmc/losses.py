@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from nnh.stateful._dtype import resolve_dtype
+from nnh.stateful.checks import check_device, check_flag
 from nnh.stateful.mcmc.schedulable import Schedulable
 
 __all__ = ["BaseContrastiveDivergence", "BaseLoss"]
@@ -40,13 +41,17 @@ class BaseLoss(Schedulable, nn.Module, abc.ABC):
         nn.Module.__init__(self)
         self._init_schedulers()
         self.dtype = resolve_dtype(type(self).__name__, dtype, model)
-        self.device = torch.device(device) if device is not None else None
+        self.device = check_device(device, type(self).__name__) if device is not None else None
 
     def _scheduled_children(self) -> Iterable[Any]:
         return [v for v in vars(self).values() if isinstance(v, Schedulable)]
 
     def _placed(self, x: Tensor) -> Tensor:
         """``x`` on the loss's device (x's own when None) in its dtype."""
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 1:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: x must be a tensor of shape (B, *event_shape) with B >= 1, "
+                             f"got {got}.")
         return x.to(device=self.device if self.device is not None else x.device, dtype=self.dtype)
 
     @abc.abstractmethod
@@ -100,10 +105,14 @@ class BaseContrastiveDivergence(BaseLoss):
         self.model = model
         self.sampler = sampler
         self.k_steps = k_steps
-        self.persistent = bool(persistent)
+        check_flag(owner, "persistent", persistent)
+        self.persistent = persistent
         self.buffer_size = buffer_size
         self.new_sample_ratio = float(new_sample_ratio)
         self.init_steps = init_steps
+        if init_dist is not None and not (callable(getattr(init_dist, "sample", None)) or callable(init_dist)):
+            raise TypeError(f"{owner}: init_dist={init_dist!r} must be None, a torch.distributions.Distribution or a "
+                            "callable n -> (n, *event_shape), e.g. torch.distributions.Normal(0, 1).expand((2,)).")
         self.init_dist = init_dist
         self.register_buffer("replay_buffer", None)
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from nnh.func._event import event_sum
 from nnh.func.score_matching import denoising_score_matching_loss, energy_score, projection_probes
 from nnh.func.score_matching import sliced_score_matching_loss
+from nnh.stateful.checks import check_flag
 from nnh.stateful.mcmc.losses import BaseLoss
 from nnh.stateful.mcmc._sample_args import merge_condition
 from nnh.stateful.mcmc.schedulable import ScheduledValue, scheduled_property
@@ -60,7 +61,8 @@ class BaseScoreMatching(BaseLoss):
         self.model = model
         self.register_scheduler("noise_scale", noise_scale, positive=True)
         self.register_scheduler("regularization_strength", regularization_strength, positive=False)
-        self.use_autograd = bool(use_autograd)
+        check_flag(owner, "use_autograd", use_autograd)
+        self.use_autograd = use_autograd
         self.hutchinson_samples = hutchinson_samples
         self.custom_regularization = custom_regularization
         object.__setattr__(self, "functional_model", functional_model)  # a template, not a submodule

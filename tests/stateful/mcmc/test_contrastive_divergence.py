@@ -236,3 +236,26 @@ def test_a_user_loss_on_the_contrastive_divergence_base():
     loss, negatives = loss_fn(torch.zeros(3, 2))
     torch.testing.assert_close(loss, torch.relu(1 - negatives @ model.w).mean())
     assert int((loss_fn.replay_buffer != 0).any(1).sum()) == 3  # three slots written back
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda m, s: ContrastiveDivergence(m, s, persistent="no"), TypeError,
+     r"^ContrastiveDivergence: persistent='no' must be True or False"),
+    (lambda m, s: ContrastiveDivergence(m, s, add_noise_to_real=1), TypeError,
+     r"^ContrastiveDivergence: add_noise_to_real=1 must be True or False"),
+    (lambda m, s: ContrastiveDivergence(m, s)([[0.0, 1.0]]), ValueError,
+     r"^ContrastiveDivergence: x must be a tensor of shape \(B, \*event_shape\) with B >= 1, got list"),
+    (lambda m, s: ContrastiveDivergence(m, s)(torch.zeros(0, 2)), ValueError,
+     r"^ContrastiveDivergence: x must be a tensor of shape \(B, \*event_shape\) with B >= 1, got shape \(0, 2\)"),
+])
+def test_non_bool_flags_and_a_batch_that_is_not_a_tensor_are_named(make, error, match):
+    # The flags were read by truth value ("no" made the loss persistent); a list failed on .detach.
+    model = EnergyMLP()
+    with pytest.raises(error, match=match):
+        make(model, LangevinDynamics(model, 0.01))
+
+
+def test_an_init_dist_that_cannot_draw_is_named_at_construction():
+    # It failed at the first persistent call with "'int' object is not callable".
+    with pytest.raises(TypeError, match=r"^ContrastiveDivergence: init_dist=3 must be None, a torch.distributions"):
+        ContrastiveDivergence(EnergyMLP(), ShiftSampler(), persistent=True, init_dist=3)

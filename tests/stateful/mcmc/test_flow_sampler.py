@@ -80,3 +80,42 @@ def test_errors():
         FlowSampler(field, "sde", integrator="rk4")
     with pytest.raises(ValueError, match="unknown integrator 'dopri5'"):
         FlowSampler(field, integrator="dopri5")
+
+
+@pytest.mark.parametrize("make,error,match", [
+    # Accepted before: sqrt(2 w) of a negative w is NaN; a last step of 2 ran the grid past t = 1.
+    (lambda f: FlowSampler(f, "sde", diffusion_norm=-1.0), ValueError, r"^FlowSampler: diffusion_norm=-1.0 must be a finite number >= 0"),
+    (lambda f: FlowSampler(f, "sde", diffusion_norm=math.nan), ValueError, r"^FlowSampler: diffusion_norm=nan"),
+    (lambda f: FlowSampler(f, "sde", last_step_size=2.0), ValueError, r"^FlowSampler: last_step_size=2.0 must be a number in \[0, 1\)"),
+    (lambda f: FlowSampler(f, "sde", last_step_size="a"), ValueError, r"^FlowSampler: last_step_size='a' must be a number"),
+    # Silently ignored before.
+    (lambda f: FlowSampler(f, "sde", last_step=None, last_step_size=0.1), ValueError,
+     r"^FlowSampler: last_step_size=0.1 is the size of the last step, but last_step=None takes none"),
+    # Read by truth value before: "no" negated the velocity.
+    (lambda f: FlowSampler(f, negate_velocity="no"), TypeError, r"^FlowSampler: negate_velocity='no' must be True or False"),
+    (lambda f: FlowSampler(f, reverse=1), TypeError, r"^FlowSampler: reverse=1 must be True or False"),
+])
+def test_bad_sde_and_flag_arguments_are_named_at_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make(ExactGaussianField())
+
+
+@pytest.mark.parametrize("kwargs", [{"prediction": "score", "sample_eps": 0.6}, {"interpolant": "vp", "sample_eps": 1.0},
+                                    {"mode": "sde", "sample_eps": 0.5, "last_step": None}])
+def test_a_margin_that_empties_the_time_interval_is_named_before_any_step(kwargs):
+    # sample_eps = 0.6 integrated from t0 = 0.6 back to t1 = 0.4 and returned that, silently.
+    calls = []
+    field = ExactGaussianField(prediction=kwargs.get("prediction", "velocity"))
+    sampler = FlowSampler(lambda x, t: calls.append(1) or field(x, t), **kwargs)
+    with pytest.raises(ValueError, match=r"^FlowSampler.sample: the time interval \[t0, t1\] = .* is empty; sample_eps="):
+        sampler.sample(dim=2, n_samples=4, n_steps=2)
+    assert not calls
+
+
+@pytest.mark.parametrize("mode", ["ode", "sde"])
+@pytest.mark.parametrize("out", [lambda x: x[:, :1], lambda x: x[0]], ids=["(B, 1)", "(D,)"])
+def test_a_model_output_not_shaped_like_x_is_named(mode, out):
+    # Both broadcast against x (B, 2) into a wrong drift, with no error.
+    sampler = FlowSampler(lambda x, t: out(x), mode, sample_eps=1e-3 if mode == "sde" else 0.0)
+    with pytest.raises(ValueError, match=r"^FlowSampler.sample: the model returned shape \((8, 1|2,)\) for x of shape \(8, 2\)"):
+        sampler.sample(torch.zeros(8, 2), n_steps=2)

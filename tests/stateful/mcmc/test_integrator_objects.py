@@ -106,3 +106,22 @@ def test_samplers_refuse_the_wrong_kind_of_integrator():
         HamiltonianMonteCarlo(DoubleWellModel(), 0.1, 3, integrator="generalised_leapfrog")
     with pytest.raises(ValueError, match="LangevinDynamics: unknown integrator 'dopri5'"):
         LangevinDynamics(DoubleWellModel(), 0.1, integrator="dopri5")
+
+
+@pytest.mark.parametrize("tol", [math.inf, "a", True], ids=["inf", "str", "bool"])
+def test_generalised_leapfrog_names_a_solver_tol_that_is_not_a_finite_positive_number(tol):
+    # "a" failed on a bare '>' comparison; inf was taken (every check stops the solver).
+    with pytest.raises(ValueError, match=r"^GeneralisedLeapfrogIntegrator: solver_tol must be a finite number > 0, got"):
+        GeneralisedLeapfrogIntegrator(solver_tol=tol)
+
+
+@pytest.mark.parametrize("kwargs,named", [({"noise_scale": 1.0}, "step_size=-0.1"),
+                                          ({"diffusion": -1.0}, "diffusion=-1.0")])
+def test_an_sde_step_with_noise_refuses_a_negative_step_or_diffusion(kwargs, named):
+    # sqrt(2 D h) < 0 under the root: the step returned a complex tensor, silently.
+    step = -0.1 if "noise_scale" in kwargs else 0.1
+    with pytest.raises(ValueError, match=rf"^EulerMaruyamaIntegrator.step: {named} with noise must be a number >= 0"):
+        EulerMaruyamaIntegrator().step({"x": torch.zeros(4, 2)}, step, drift=lambda x, t: -x, **kwargs)
+    # Without noise a negative step is an ODE step backwards, as before.
+    out = EulerMaruyamaIntegrator().step({"x": torch.ones(4, 2)}, -0.1, drift=lambda x, t: -x)["x"]
+    torch.testing.assert_close(out, torch.full((4, 2), 1.1))

@@ -116,3 +116,32 @@ def test_value_errors_where_torchebm_raises_them():
         LangevinDynamics(DoubleWellModel(), 0.1).sample(5, 2, N=4)
     with pytest.raises(TypeError, match="model_kwargs must be a dict"):
         LangevinDynamics(DoubleWellModel(), 0.1).sample(x=torch.zeros(1, 2), model_kwargs=[1])
+
+
+@pytest.mark.parametrize("call,error,match", [
+    # An empty batch failed in a reshape deep in the first step.
+    (lambda s: s.sample(torch.zeros(0, 2), n_steps=2), ValueError,
+     r"^LangevinDynamics.sample: x must be a tensor of shape \(B, \*event_shape\) with B >= 1 chains, got shape \(0, 2\)"),
+    # Non-bool flags were read by truth value; a generator that is not one was ignored when x was given.
+    (lambda s: s.sample(torch.zeros(4, 2), n_steps=2, return_trajectory="no"), TypeError,
+     r"^LangevinDynamics.sample: return_trajectory='no' must be True or False"),
+    (lambda s: s.sample(torch.zeros(4, 2), n_steps=2, reset_schedulers=None), TypeError,
+     r"^LangevinDynamics.sample: reset_schedulers=None must be True or False"),
+    (lambda s: s.sample(torch.zeros(4, 2), n_steps=2, generator=0), TypeError,
+     r"^LangevinDynamics.sample: generator=0 must be a torch.Generator or None"),
+    # Device strings failed inside torch.device, without the argument's name.
+    (lambda s: s.sample(torch.zeros(4, 2), n_steps=2, device="gpu"), ValueError,
+     r"^LangevinDynamics.sample: device='gpu' is not a device name"),
+    (lambda s: s.to(device="gpu"), ValueError, r"^LangevinDynamics.to: device='gpu' is not a device name"),
+    (lambda s: LangevinDynamics(DoubleWellModel(), 0.1, device="gpu"), ValueError,
+     r"^LangevinDynamics: device='gpu' is not a device name"),
+    (lambda s: nnh.DenoisingScoreMatching(DoubleWellModel(), device="gpu"), ValueError,
+     r"^DenoisingScoreMatching: device='gpu' is not a device name"),
+    # to(dtype="float32") stored the string, and the next sample failed in torch.randn.
+    (lambda s: s.to(dtype="float32"), ValueError, r"^LangevinDynamics.to: dtype must be a floating torch.dtype"),
+])
+def test_bad_sample_to_and_device_arguments_are_named_before_any_step(call, error, match):
+    sampler = LangevinDynamics(Counting(), 0.1)
+    with pytest.raises(error, match=match):
+        call(sampler)
+    assert sampler.model.calls == 0 and sampler.device is None and sampler.dtype == torch.float32  # nothing changed

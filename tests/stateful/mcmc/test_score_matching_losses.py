@@ -99,3 +99,19 @@ def test_errors():
         SlicedScoreMatching(QuadraticEnergy(), 0)
     with pytest.raises(ValueError, match="noise_scale must be finite and > 0"):
         DenoisingScoreMatching(QuadraticEnergy(), 0.0)
+
+
+@pytest.mark.parametrize("cls", [DenoisingScoreMatching, SlicedScoreMatching])
+@pytest.mark.parametrize("x,got", [([[0.0, 1.0]], "got list"), (torch.tensor(1.0), r"got shape \(\)"),
+                                   (torch.zeros(0, 2), r"got shape \(0, 2\)")])
+def test_a_batch_that_is_not_b_by_event_is_named(cls, x, got):
+    # AttributeError ('list' object has no attribute 'to') or IndexError before.
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: x must be a tensor of shape \(B, \*event_shape\) with B >= 1, {got}"):
+        cls(QuadraticEnergy())(x)
+
+
+@pytest.mark.parametrize("cls", [DenoisingScoreMatching, SlicedScoreMatching])
+def test_use_autograd_must_be_a_bool(cls):
+    # "no" selected the autograd path by truth value.
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}: use_autograd='no' must be True or False"):
+        cls(QuadraticEnergy(), use_autograd="no")
