@@ -17,10 +17,13 @@ __all__ = ["check_device", "check_logger_level", "check_flag", "build_optimizer_
 
 def check_device(device: Any, owner: str = "NNHandler") -> torch.device:
     """`device` as a torch.device that this machine has; errors start with `owner`."""
-    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
-        raise TypeError(f"{owner}: device={device!r} must be a str or torch.device, e.g. 'cpu' or 'cuda:0'.")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"{owner}: device={device!r} must be a str, a torch.device or a CUDA index, e.g. 'cpu' or "
+                        "'cuda:0'.")
+    if isinstance(device, int) and device < 0:
+        raise ValueError(f"{owner}: device={device} is not a CUDA index; use an int >= 0, 'cpu' or 'cuda:0'.")
     try:
-        dev = torch.device(device)
+        dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"{owner}: device={device!r} is not a device name ({exc}); use 'cpu', 'cuda' or "
                          "'cuda:0'.") from None

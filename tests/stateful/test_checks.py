@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from nnh import NNHandler
+from nnh.stateful.checks import check_device
 
 
 class Net(nn.Module):
@@ -29,13 +30,22 @@ def ready():
 
 @pytest.mark.parametrize("device, kind, match", [
     ("gpu", ValueError, "device='gpu' is not a device name"),
-    (3.5, TypeError, "device=3.5 must be a str or torch.device"),
+    (3.5, TypeError, "device=3.5 must be a str, a torch.device or a CUDA index"),
+    (-1, ValueError, "device=-1 is not a CUDA index"),
     pytest.param("cuda", ValueError, "CUDA is not available", marks=pytest.mark.skipif(
         torch.cuda.is_available(), reason="this check is about machines without CUDA")),
 ])
 def test_bad_devices(device, kind, match):
     with pytest.raises(kind, match=match):
         NNHandler(Net, device=device)
+
+
+def test_an_int_device_is_a_cuda_index_as_in_torch():
+    if torch.cuda.is_available():
+        assert check_device(0) == torch.device("cuda", 0)
+    else:
+        with pytest.raises(ValueError, match="device=0 but CUDA is not available"):
+            check_device(0, owner="LangevinDynamics")
 
 
 def test_bad_constructor_flags():

@@ -20,20 +20,20 @@ from nnh.func.flow import (
     score_from_prediction,
     velocity_from_prediction,
 )
+from nnh.stateful.checks import check_flag
 from nnh.stateful.mcmc.base import BaseSampler, ScheduledValue
 from nnh.stateful.mcmc.integrators import BaseRungeKuttaIntegrator, BaseSDERungeKuttaIntegrator, resolve_integrator
 from nnh.stateful.mcmc.schedulable import scheduled_property
-from nnh.stateful.checks import check_flag
 
 __all__ = ["FlowSampler", "PredictionType"]
 
 _UNSET: Any = object()
+_LAST_STEPS = ("Mean", "Euler", "Tweedie", None)
 
 
 def _finite_number(value: Any, low: float, high: float) -> bool:
     """``value`` is an int or float (not a bool) in [low, high)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value < high
-_LAST_STEPS = ("Mean", "Euler", "Tweedie", None)
 
 
 class PredictionType(enum.Enum):
